@@ -7,12 +7,19 @@ product of that system. Products may offer a contiguous subset of their system's
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+from ml_pipeline.errors import InvalidValueError
 
 SIZE_SCALES: Final[dict[str, tuple[str, ...]]] = {
     "alpha": ("XXS", "XS", "S", "M", "L", "XL", "XXL"),
     "numeric": ("00", "0", "2", "4", "6", "8", "10", "12", "14", "16", "18", "20", "22", "24"),
     "waist": tuple(str(w) for w in range(24, 41)),
+    # RentTheRunway's own numeric size index (the ``size`` field of its reviews): 0..58 in the
+    # published data set, with a few unused values in between. Ordinal, not a US dress size.
+    "rtr": tuple(str(s) for s in range(0, 59)),
+    # ModCloth's own numeric size index (the ``size`` field of its reviews): 0..38.
+    "modcloth": tuple(str(s) for s in range(0, 39)),
 }
 """The ordered labels of each size system, smallest first."""
 
@@ -21,8 +28,25 @@ _INDEX: Final[dict[str, dict[str, int]]] = {
 }
 
 
-class UnknownSizeError(ValueError):
-    """A size label or size system that fitml does not know."""
+class UnknownSizeError(InvalidValueError):
+    """A size label, size index or size system that fitml does not know.
+
+    Built like :class:`~ml_pipeline.errors.InvalidValueError` (``field, value, problem, hint``);
+    a single message argument is also accepted for backward compatibility.
+    """
+
+    def __init__(self, field: str, value: Any = None, problem: str = "", hint: str = "") -> None:
+        """Build the error (see :class:`~ml_pipeline.errors.InvalidValueError`)."""
+        if not problem:  # old form: UnknownSizeError("message")
+            super().__init__("size", value, field, hint)
+            self.args = (field,)
+        else:
+            super().__init__(field, value, problem, hint)
+
+
+def _labels_text(labels: tuple[str, ...]) -> str:
+    """Labels for a message: all of them, or ``first..last`` for a long scale."""
+    return ", ".join(labels) if len(labels) <= 20 else f"{labels[0]}..{labels[-1]}"
 
 
 def size_systems() -> tuple[str, ...]:
@@ -40,7 +64,10 @@ def size_scale(system: str) -> tuple[str, ...]:
         return SIZE_SCALES[system]
     except KeyError:
         raise UnknownSizeError(
-            f"unknown size system {system!r}; use one of {', '.join(SIZE_SCALES)}"
+            "size_system",
+            system,
+            "is not a known size system",
+            f"use one of {', '.join(SIZE_SCALES)}",
         ) from None
 
 
@@ -59,8 +86,10 @@ def size_index(system: str, label: str) -> int:
     assert scale is not None
     if key not in scale:
         raise UnknownSizeError(
-            f"unknown size {label!r} for size system {system!r}; "
-            f"expected one of {', '.join(SIZE_SCALES[system])}"
+            "size",
+            label,
+            f"is not a size of size system {system!r}",
+            f"use one of {_labels_text(SIZE_SCALES[system])}",
         )
     return scale[key]
 
@@ -74,6 +103,9 @@ def size_label(system: str, index: int) -> str:
     labels = size_scale(system)
     if not 0 <= index < len(labels):
         raise UnknownSizeError(
-            f"size index {index} is outside size system {system!r} (0..{len(labels) - 1})"
+            "size_index",
+            index,
+            f"is outside size system {system!r}",
+            f"use an index in 0..{len(labels) - 1}",
         )
     return labels[index]
