@@ -1,0 +1,147 @@
+"""The Feast definitions: entities, sources, feature views and the feature service.
+
+This is the one place every model feature is named. Training reads the feature service
+with ``get_historical_features`` and serving with ``get_online_features``, by the same name;
+the request-time features on top of it come from :mod:`features.transforms`.
+
+Sources are parquet tables written by :mod:`features.aggregates` under ``<workdir>/offline/
+features/``; their paths depend on the work directory, so the definitions are built by a
+function rather than at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Final
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Float64, Int64, String
+
+from features.transforms import PER_SIZE_FEATURES, REQUEST_FEATURES, STRING_FEATURES
+
+FEATURE_SERVICE: Final = "fitml_v1"
+"""The feature service both models of this version are trained and served with."""
+
+USER_PROFILE_FIELDS: Final = (
+    ("user_sex", String),
+    ("user_fit_preference", String),
+    ("user_height_cm", Float64),
+    ("user_weight_kg", Float64),
+    ("user_chest_cm", Float64),
+    ("user_waist_cm", Float64),
+    ("user_hips_cm", Float64),
+    ("user_inseam_cm", Float64),
+)
+USER_HISTORY_FIELDS: Final = (
+    ("hist_n", Float64),
+    ("hist_share_small", Float64),
+    ("hist_share_large", Float64),
+    ("hist_mean_offset", Float64),
+    ("hist_last_offset", Float64),
+    ("hist_usual_alpha", Float64),
+    ("hist_usual_numeric", Float64),
+    ("hist_usual_waist", Float64),
+)
+PRODUCT_ATTR_FIELDS: Final = (
+    ("product_brand", String),
+    ("product_category", String),
+    ("product_fit_type", String),
+    ("product_stretch", Float64),
+    ("product_size_system", String),
+    ("chart_dimension", String),
+    ("chart_sizes", Array(String)),
+    ("chart_index", Array(Int64)),
+    ("chart_low", Array(Float64)),
+    ("chart_high", Array(Float64)),
+)
+PRODUCT_STATS_FIELDS: Final = (
+    ("pstat_n", Float64),
+    ("pstat_share_small", Float64),
+    ("pstat_share_large", Float64),
+    ("pstat_mean_offset", Float64),
+)
+
+VIEW_FIELDS: Final = {
+    "user_profile": USER_PROFILE_FIELDS,
+    "user_history": USER_HISTORY_FIELDS,
+    "product_attrs": PRODUCT_ATTR_FIELDS,
+    "product_stats": PRODUCT_STATS_FIELDS,
+}
+VIEW_ENTITY: Final = {
+    "user_profile": "user",
+    "user_history": "user",
+    "product_attrs": "product",
+    "product_stats": "product",
+}
+FEATURE_NAMES: Final[tuple[str, ...]] = tuple(
+    name for fields in VIEW_FIELDS.values() for name, _ in fields
+)
+"""Every feature the feature service returns, in view order."""
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+product = Entity(name="product", join_keys=["product_id"], value_type=ValueType.STRING)
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The Feast objects of fitml, ready for ``FeatureStore.apply``."""
+
+    entities: tuple[Entity, ...]
+    sources: tuple[FileSource, ...]
+    views: tuple[FeatureView, ...]
+    services: tuple[FeatureService, ...]
+
+    def objects(self) -> list[object]:
+        """Every object, in the order ``apply`` takes them."""
+        return [*self.entities, *self.sources, *self.views, *self.services]
+
+
+def build_definitions(source_dir: Path) -> Definitions:
+    """Build the definitions with sources under ``source_dir`` (``<view>.parquet`` each)."""
+    entities = {"user": user, "product": product}
+    sources = []
+    views = []
+    for name, fields in VIEW_FIELDS.items():
+        source = FileSource(
+            name=f"{name}_source",
+            path=str(Path(source_dir).resolve() / f"{name}.parquet"),
+            timestamp_field="event_timestamp",
+        )
+        sources.append(source)
+        views.append(
+            FeatureView(
+                name=name,
+                entities=[entities[VIEW_ENTITY[name]]],
+                schema=[Field(name=field, dtype=dtype) for field, dtype in fields],
+                source=source,
+                online=True,
+                ttl=timedelta(0),  # no TTL in joins; freshness is checked at serving
+            )
+        )
+    service = FeatureService(name=FEATURE_SERVICE, features=views)
+    return Definitions(
+        entities=(user, product),
+        sources=tuple(sources),
+        views=tuple(views),
+        services=(service,),
+    )
+
+
+CATEGORICAL_FEATURES: Final[tuple[str, ...]] = STRING_FEATURES
+"""Features the models treat as categories."""
+
+_CHART_ARRAYS: Final = ("chart_sizes", "chart_index", "chart_low", "chart_high")
+
+FIT_MODEL_FEATURES: Final[tuple[str, ...]] = (
+    *(name for name in FEATURE_NAMES if name not in _CHART_ARRAYS),
+    *REQUEST_FEATURES,
+)
+"""Inputs of the fit model: the feature service (charts enter through the request-time
+features) plus the request-time features of the candidate size."""
+
+SIZE_MODEL_FEATURES: Final[tuple[str, ...]] = tuple(
+    name for name in FIT_MODEL_FEATURES if name not in PER_SIZE_FEATURES
+)
+"""Inputs of the size model: everything but what depends on a candidate size."""
