@@ -1,0 +1,208 @@
+"""The recommendation: one pure function, used online, in batch prediction and in evaluation.
+
+:func:`recommend` turns the fit model's probabilities for every size of a product and the size
+model's estimate into the answer a shopper sees. :func:`recommend_frame` runs the whole path
+(candidate sizes -> request-time features -> both models -> :func:`recommend`) for any number
+of (shopper, product) rows of feature-service values; the prediction service calls it with one
+row, evaluation with thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import numpy as np
+import pandas as pd
+
+from features.transforms import request_features
+
+WINDOW: Final = 2
+"""Candidates are the sizes within this many steps of the size model's estimate."""
+FALLBACK_PENALTY: Final = 0.8
+"""Confidence is multiplied by this for every fallback the answer had to take."""
+DIMENSION_WORDS: Final = {"chest": "the chest", "waist": "the waist", "hips": "the hips"}
+
+
+class FitPredictor(Protocol):
+    """What :func:`recommend_frame` needs of a fit model."""
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return (n, 3) outcome probabilities."""
+        ...
+
+
+class SizePredictor(Protocol):
+    """What :func:`recommend_frame` needs of a size model."""
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return the best size index per row."""
+        ...
+
+
+@dataclass(frozen=True)
+class SizeScore:
+    """The fit model's probabilities for one size."""
+
+    size: str
+    size_index: int
+    p_too_small: float
+    p_fit: float
+    p_too_large: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What the shopper is told, with every size's probabilities behind it."""
+
+    recommended_size: str
+    confidence: float
+    runner_up: str | None
+    fit_note: str
+    sizes: tuple[SizeScore, ...]
+    expected_index: float | None = None
+    fallbacks: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def recommended_index(self) -> int:
+        """The size index of the recommended size."""
+        return next(s.size_index for s in self.sizes if s.size == self.recommended_size)
+
+
+class NoSizesError(ValueError):
+    """A product without any size cannot be recommended for."""
+
+
+def recommend(
+    sizes: Sequence[str],
+    size_indices: Sequence[int],
+    proba: np.ndarray,
+    expected_index: float | None,
+    *,
+    dimension: str | None = None,
+    fallbacks: Sequence[str] = (),
+    window: int = WINDOW,
+) -> Recommendation:
+    """Pick the size with the highest P(fit) among the size model's candidates.
+
+    Args:
+        sizes: the product's size labels, ascending.
+        size_indices: their ordinal indices.
+        proba: ``(len(sizes), 3)`` probabilities of too_small, fit, too_large per size.
+        expected_index: the size model's estimate of the best index (None or NaN: unknown,
+            every size is a candidate).
+        dimension: the body dimension the chart is cut for, for the fit note.
+        fallbacks: reasons the inputs were incomplete (each lowers the confidence).
+        window: how many sizes either side of the estimate are candidates.
+
+    Raises:
+        NoSizesError: ``sizes`` is empty.
+    """
+    if len(sizes) == 0:
+        raise NoSizesError("the product has no sizes to recommend from")
+    proba = np.asarray(proba, dtype=float).reshape(len(sizes), 3)
+    indices = np.asarray(size_indices, dtype=float)
+    known = expected_index is not None and not np.isnan(expected_index)
+    candidates = np.ones(len(sizes), dtype=bool)
+    if known:
+        candidates = np.abs(indices - float(expected_index)) <= window  # type: ignore[arg-type]
+        if not candidates.any():
+            candidates[int(np.argmin(np.abs(indices - float(expected_index))))] = True  # type: ignore[arg-type]
+    p_fit = np.where(candidates, proba[:, 1], -1.0)
+    order = np.argsort(-p_fit, kind="stable")
+    best = int(order[0])
+    runner = int(order[1]) if len(sizes) > 1 and p_fit[order[1]] >= 0 else None
+    penalty = FALLBACK_PENALTY ** len(fallbacks)
+    scores = tuple(
+        SizeScore(str(s), int(i), float(p[0]), float(p[1]), float(p[2]))
+        for s, i, p in zip(sizes, indices, proba, strict=True)
+    )
+    return Recommendation(
+        recommended_size=str(sizes[best]),
+        confidence=round(float(proba[best, 1]) * penalty, 4),
+        runner_up=None if runner is None else str(sizes[runner]),
+        fit_note=fit_note(scores, best, runner, dimension),
+        sizes=scores,
+        expected_index=float(expected_index) if known else None,  # type: ignore[arg-type]
+        fallbacks=tuple(fallbacks),
+    )
+
+
+def fit_note(
+    scores: Sequence[SizeScore], best: int, runner: int | None, dimension: str | None
+) -> str:
+    """A short note on how the recommended size will feel, from its probabilities."""
+    chosen = scores[best]
+    where = f" in {DIMENSION_WORDS[dimension]}" if dimension in DIMENSION_WORDS else ""
+    if chosen.p_fit >= 0.75:
+        return f"{chosen.size} should fit you well."
+    if runner is None:
+        return f"{chosen.size} is the closest fit we have."
+    other = scores[runner]
+    if chosen.p_too_small > chosen.p_too_large and other.size_index > chosen.size_index:
+        return f"Runs small{where}: between sizes, size up to {other.size}."
+    if chosen.p_too_large > chosen.p_too_small and other.size_index < chosen.size_index:
+        return f"Runs large{where}: between sizes, size down to {other.size}."
+    if chosen.p_too_small > chosen.p_too_large:
+        return f"{chosen.size} may feel snug{where}."
+    return f"{chosen.size} may feel loose{where}."
+
+
+def candidate_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Expand each (shopper, product) row into one row per size of the product's chart.
+
+    ``rows`` holds feature-service values (including ``chart_sizes`` and ``chart_index``) and
+    ``product_id``; the result adds ``row`` (the position in ``rows``), ``size`` and
+    ``size_index``.
+    """
+    counts = rows["chart_index"].map(lambda v: 0 if v is None else len(v)).to_numpy()
+    expanded = rows.loc[rows.index.repeat(counts)].copy()
+    expanded["row"] = np.repeat(np.arange(len(rows)), counts)
+    expanded["size"] = np.concatenate(
+        [np.asarray(v, dtype=object) for v in rows["chart_sizes"] if v is not None and len(v)]
+        or [np.empty(0, dtype=object)]
+    )
+    expanded["size_index"] = np.concatenate(
+        [np.asarray(v, dtype=float) for v in rows["chart_index"] if v is not None and len(v)]
+        or [np.empty(0)]
+    )
+    return expanded.reset_index(drop=True)
+
+
+def recommend_frame(
+    rows: pd.DataFrame,
+    fit_model: FitPredictor,
+    size_model: SizePredictor,
+    fallbacks: Sequence[Sequence[str]] | None = None,
+) -> list[Recommendation | None]:
+    """Recommend a size for every (shopper, product) row of feature-service values.
+
+    Returns:
+        One recommendation per row, ``None`` for a product without a size chart.
+    """
+    rows = rows.reset_index(drop=True)
+    candidates = request_features(candidate_frame(rows))
+    if candidates.empty:
+        return [None] * len(rows)
+    proba = fit_model.predict_proba(candidates)
+    base = request_features(rows.assign(size_index=np.nan))
+    expected = size_model.predict(base)
+    groups = candidates.groupby("row", sort=False).indices
+    out: list[Recommendation | None] = []
+    for i in range(len(rows)):
+        at = groups.get(i)
+        if at is None:
+            out.append(None)
+            continue
+        out.append(
+            recommend(
+                candidates["size"].to_numpy()[at],
+                candidates["size_index"].to_numpy()[at].astype(int),
+                proba[at],
+                float(expected[i]),
+                dimension=str(rows["chart_dimension"].iat[i]),
+                fallbacks=() if fallbacks is None else fallbacks[i],
+            )
+        )
+    return out
