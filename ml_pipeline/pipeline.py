@@ -1,0 +1,176 @@
+"""``fitml pipeline run``: every stage of the loop, in order, into one work directory.
+
+generate -> ingest -> features (apply, materialise) -> training set -> tune + train (MLflow,
+registered as challenger) -> promotion gate -> drift report of the latest window against the
+training window -> example requests -> a printed summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ml_pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How much synthetic data the run makes and how hard it tunes."""
+
+    users: int = 4000
+    products: int = 300
+    events: int = 80_000
+    seed: int = 0
+    scenario: str = "baseline"
+    n_trials: int | None = None
+    timeout_s: float | None = None
+    regenerate: bool = False
+
+
+@dataclass
+class PipelineSummary:
+    """What the run did, stage by stage, and where its outputs are."""
+
+    workdir: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    ingest: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    promotion: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def render(self, settings: Settings) -> str:
+        """The summary printed at the end of the run."""
+        m = self.metrics
+        w = self.workdir
+
+        def num(key: str) -> str:
+            value = m.get(key)
+            return "n/a" if value is None else f"{value:.3f}"
+
+        lines = [
+            "",
+            "fitml pipeline: done in " + f"{sum(self.seconds.values()):.0f} s "
+            + "(" + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()) + ")",
+            f"  ingested: {self.ingest.get('accepted')} rows accepted, "
+            f"{self.ingest.get('quarantined')} quarantined",
+            "",
+            f"  test window: {m.get('n_test')} try-on events (the last 15% by time)",
+            "  fit model (too small / fit / too large)     model    oracle",
+            f"    mean one-vs-rest AUC                      {num('fit_mean_auc')}    "
+            f"{num('oracle_mean_auc')}",
+            f"    log loss                                  {num('fit_log_loss')}    "
+            f"{num('oracle_log_loss')}",
+            "  recommended size                            model    size-chart rule",
+            f"    exact best-size accuracy                  {num('rec_exact_accuracy')}    "
+            f"{num('chart_exact_accuracy')}",
+            f"    agrees with shoppers' feedback            {num('feedback_agreement')}    "
+            f"{num('chart_feedback_agreement')}",
+            "",
+            f"  promotion: {'champion is now ' if self.promotion.get('promoted') else 'kept: '}"
+            f"{self.promotion.get('challenger_versions')} ({self.promotion.get('reason')})",
+            f"  drift (latest window vs training window): "
+            f"{'DETECTED in ' + ', '.join(self.drift.get('drifted_columns', [])) if self.drift.get('drift_detected') else 'none'}",
+            "",
+            f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
+            f"  drift report:  {self.paths.get('drift_html')}",
+            f"  serve:         fitml serve --workdir {w}   (or: make serve)",
+            "  try it:        curl -s -X POST http://127.0.0.1:3000/recommend "
+            "-H 'Content-Type: application/json' "
+            f"-d \"$(head -1 {self.paths.get('examples')})\"",
+        ]
+        return "\n".join(lines)
+
+
+def write_examples(settings: Settings, events: pd.DataFrame, path: Path, n: int = 5) -> Path:
+    """Write request bodies ``POST /recommend`` accepts: known users, and one guest."""
+    recent = events.sort_values("event_timestamp").tail(200)
+    picks = recent.drop_duplicates("user_id").tail(n)
+    bodies: list[dict[str, Any]] = [
+        {"user_id": str(r.user_id), "product_id": str(r.product_id)} for r in picks.itertuples()
+    ]
+    if len(picks):
+        bodies.append(
+            {
+                "product_id": str(picks.iloc[0].product_id),
+                "measurements": {"height_cm": 168.0, "chest_cm": 94.0, "waist_cm": 78.0,
+                                 "hips_cm": 100.0},
+                "fit_preference": "regular",
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    return path
+
+
+def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) -> PipelineSummary:
+    """Run every stage into ``settings.workdir`` and return what happened."""
+    from evaluation.drift import run_drift
+    from features import store
+    from ml_pipeline.ingest import ingest_synthetic
+    from ml_pipeline.synth import generate
+    from training.promote import promote
+    from training.train import load_training_set, train
+
+    summary = PipelineSummary(workdir=settings.workdir)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+
+    def stage(name: str) -> _Timer:
+        return _Timer(summary.seconds, name)
+
+    raw = settings.workdir / "raw"
+    with stage("generate"):
+        if config.regenerate or not (raw / "events.parquet").is_file():
+            generate(
+                raw,
+                users=config.users,
+                products=config.products,
+                events=config.events,
+                seed=config.seed,
+                scenario=config.scenario,
+            )
+    with stage("ingest"):
+        ingested = ingest_synthetic(raw, settings.workdir)
+        summary.ingest = json.loads(ingested.to_json())
+    with stage("features"):
+        store.apply(settings)
+        store.materialize(settings)
+    with stage("training_set"):
+        frame = load_training_set(settings, rebuild=True)
+    with stage("train"):
+        result = train(settings, frame, n_trials=config.n_trials, timeout_s=config.timeout_s)
+        summary.metrics = result.metrics
+    with stage("promote"):
+        decision = promote(settings)
+        summary.promotion = decision.__dict__
+    with stage("drift"):
+        reference = frame[frame["event_timestamp"] < result.split.test_start]
+        current = frame[frame["event_timestamp"] >= result.split.test_start]
+        html = settings.reports_dir / "drift_report.html"
+        json_out = settings.reports_dir / "drift_verdict.json"
+        verdict = run_drift(reference, current, json_out=json_out, html_out=html)
+        summary.drift = json.loads(verdict.to_json())
+        summary.paths.update(drift_html=str(html), drift_json=str(json_out))
+    events = store.read_offline(settings, "events")
+    examples = write_examples(settings, events, settings.workdir / "examples" / "recommend.jsonl")
+    summary.paths["examples"] = str(examples)
+    (settings.reports_dir / "pipeline_summary.json").write_text(
+        json.dumps(summary.__dict__, indent=2, default=str)
+    )
+    return summary
+
+
+class _Timer:
+    def __init__(self, sink: dict[str, float], name: str) -> None:
+        self.sink, self.name = sink, name
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sink[self.name] = time.perf_counter() - self.started
