@@ -21,11 +21,16 @@ def services_required() -> bool:
     return os.environ.get("FITML_REQUIRE_SERVICES") == "1"
 
 
-def require(condition: bool, reason: str) -> None:
+def data_required() -> bool:
+    """Whether missing ``../shared/data`` must fail the run (default: as for services)."""
+    return os.environ.get("FITML_REQUIRE_DATA", "1" if services_required() else "0") == "1"
+
+
+def require(condition: bool, reason: str, *, strict: bool | None = None) -> None:
     """Skip (or, in CI, fail) the calling test unless ``condition`` holds."""
     if condition:
         return
-    if services_required():
+    if services_required() if strict is None else strict:
         pytest.fail(f"{reason} (FITML_REQUIRE_SERVICES=1: this must be available)")
     pytest.skip(reason)
 
@@ -42,7 +47,9 @@ def port_open(host: str, port: int) -> bool:
 @pytest.fixture
 def shared_data() -> Path:
     """The ../shared/data folder (skips, or fails in CI, when absent)."""
-    require(SHARED_DATA.is_dir(), f"shared data folder {SHARED_DATA} not found")
+    require(
+        SHARED_DATA.is_dir(), f"shared data folder {SHARED_DATA} not found", strict=data_required()
+    )
     return SHARED_DATA
 
 
@@ -65,3 +72,22 @@ def redis_url() -> str:
 def seed(request: pytest.FixtureRequest) -> int:
     """A seed; tests using it must hold for every seed."""
     return int(request.param)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work directory the real pipeline ran into (small data, one Optuna trial per model).
+
+    Built once per test session: generate -> ingest -> Feast -> train (MLflow) -> promote ->
+    drift. Tests must not change what is in it.
+    """
+    from ml_pipeline.pipeline import PipelineConfig, run_pipeline
+    from ml_pipeline.settings import load_settings
+
+    workdir = tmp_path_factory.mktemp("trained") / "var"
+    settings = load_settings("local", workdir, env={**os.environ, "FITML_TRIALS": "1"})
+    run_pipeline(
+        settings,
+        PipelineConfig(users=1500, products=120, events=20_000, seed=7, n_trials=1, timeout_s=60),
+    )
+    return settings.workdir

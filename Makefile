@@ -1,0 +1,53 @@
+# fitml: the one command surface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+WORKDIR  ?= var
+PORT     ?= 3000
+# pip here is configured with extra local indexes that may be absent; keep its output quiet.
+PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
+
+.PHONY: help setup lock demo test test-fast lint serve bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV)
+	@echo "installing the locked dependencies into $(VENV) ..."
+	@$(PIP_QUIET) $(PY) -m pip install -q -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP_QUIET) $(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import feast, mlflow, bentoml, evidently, optuna, lightgbm" 2>/dev/null \
+		|| { echo "setup failed: the locked packages do not import"; exit 1; }
+	@touch $@
+
+setup: $(VENV)/.installed ## Create .venv from requirements.lock (only when missing or stale)
+
+lock: ## Re-resolve requirements.in into requirements.lock (needs uv)
+	uv pip compile requirements.in --python-version 3.11 -o requirements.lock
+
+demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
+	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR)
+
+test: setup ## Run the test suite with line coverage of the packages
+	$(VENV)/bin/pytest -q --cov --cov-report=term:skip-covered -m "not benchmark"
+
+test-fast: setup ## Unit tests only
+	$(VENV)/bin/pytest -q tests/unit -m "not benchmark"
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+serve: setup ## Serve the prediction service from $(WORKDIR) on 127.0.0.1:$(PORT)
+	$(VENV)/bin/fitml serve --workdir $(WORKDIR) --port $(PORT)
+
+bench: setup ## Run the benchmarks; JSON results under $(WORKDIR)/bench/
+	mkdir -p $(WORKDIR)/bench
+	FITML_BENCH_DIR=$(abspath $(WORKDIR))/bench $(VENV)/bin/pytest -q -m benchmark tests/benchmarks -s -p no:cacheprovider
+
+clean: ## Remove the work directory (keeps .venv)
+	rm -rf $(WORKDIR)
