@@ -47,6 +47,12 @@ VALID_NAME = "valid"
 DEFAULT_MAX_ROUNDS = 2000
 DEFAULT_EARLY_STOPPING_ROUNDS = 50
 MAX_THREADS = 2
+DEFAULT_THREADS = 1
+"""LightGBM threads per trial unless ``base_params['num_threads']`` says otherwise (<= 2).
+
+One thread by default: on a 2-core machine shared with other jobs, LightGBM's OpenMP threads
+spin-wait for each other and two threads ran 4-8x *slower* than one (measured on this box
+under load 6); on an idle machine two threads are faster, pass ``num_threads=2`` then."""
 CLASS_WEIGHT_PARAM = "class_weight_power"
 """Name of the tuned (non-LightGBM) exponent on inverse class frequency, see
 :func:`class_sample_weights`."""
@@ -237,7 +243,7 @@ def _fixed_params(
             "is not one lower-is-better LightGBM metric",
             f"leave it out (default {DEFAULT_METRICS[objective]!r}) or name e.g. 'multi_error'",
         )
-    threads = int(base.pop("num_threads", MAX_THREADS))
+    threads = int(base.pop("num_threads", DEFAULT_THREADS))
     params: dict[str, Any] = {
         "objective": objective,
         "metric": metric,
@@ -351,6 +357,7 @@ def tune_lightgbm(
     categorical: Sequence[str] = (),
     base_params: Mapping[str, Any] | None = None,
     log_to_mlflow: bool = True,
+    initial_params: Sequence[Mapping[str, Any]] = (),
 ) -> TuningResult:
     """Tune a LightGBM model with Optuna (seeded TPE, pruning, early stopping).
 
@@ -383,9 +390,14 @@ def tune_lightgbm(
         categorical: Columns LightGBM treats as categorical.
         base_params: Fixed LightGBM parameters overriding fitml's defaults; may also hold
             ``num_iterations`` (round cap, default 2000), ``early_stopping_round`` (default 50),
-            ``metric`` and ``num_threads`` (at most 2).
+            ``metric``, ``num_threads`` (default 1, at most 2) and dataset settings such
+            as ``max_bin``.
         log_to_mlflow: When an MLflow run is active, log each trial as a nested run and the
             best result on the active run. Ignored when no run is active.
+        initial_params: Points of the search space to try first (e.g. the last champion's
+            settings), each a mapping of some of the tuned names (``learning_rate``, ...,
+            ``class_weight_power``) to values; unnamed ones are sampled. Only enqueued when the
+            study has no trials yet, so resuming workers do not repeat them.
 
     Returns:
         The best parameters, iteration and value, the number of finished trials, the study.
@@ -482,6 +494,9 @@ def tune_lightgbm(
         ),
         load_if_exists=True,
     )
+    if initial_params and not study.get_trials(deepcopy=False):
+        for point in initial_params:
+            study.enqueue_trial(dict(point), skip_if_exists=True)
     study.optimize(run_trial, n_trials=n_trials, timeout=timeout_s)
 
     finished = [

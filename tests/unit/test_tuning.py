@@ -186,3 +186,32 @@ def test_labels_out_of_range_are_rejected() -> None:
     X_tr, y_tr, X_va, y_va = _data(0)
     with pytest.raises(InvalidValueError, match="y_train"):
         tune_lightgbm(X_tr, y_tr + 1, X_va, y_va, objective="multiclass", num_class=3)
+
+
+def test_initial_params_are_tried_first() -> None:
+    start = {"learning_rate": 0.123, "num_leaves": 17, "class_weight_power": 0.0}
+    result = _tune(0, n_trials=2, log_to_mlflow=False, initial_params=[start])
+    first = result.study.trials[0].params
+    assert first["learning_rate"] == 0.123 and first["num_leaves"] == 17
+
+
+def test_timeout_also_stops_a_long_trial() -> None:
+    X_tr, y_tr, X_va, y_va = _data(0, n=4000)
+    import time
+
+    start = time.monotonic()
+    result = tune_lightgbm(
+        X_tr,
+        y_tr,
+        X_va,
+        y_va,
+        objective="multiclass",
+        num_class=3,
+        n_trials=1,
+        timeout_s=0.5,
+        log_to_mlflow=False,
+        base_params={"num_iterations": 100_000, "early_stopping_round": 100_000},
+        initial_params=[{"learning_rate": 0.01}],
+    )
+    assert time.monotonic() - start < 10
+    assert result.best_iteration >= 1
