@@ -30,6 +30,9 @@ class PipelineConfig:
     n_trials: int | None = None
     timeout_s: float | None = None
     regenerate: bool = False
+    if_drift: bool = False
+    """Retrain (train, evaluate, promote through the gate) only when the champion's drift
+    verdict says so; without a champion, always train."""
 
 
 @dataclass
@@ -57,8 +60,8 @@ class PipelineSummary:
             "",
             "fitml pipeline: done in " + f"{sum(self.seconds.values()):.0f} s "
             + "(" + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()) + ")",
-            f"  ingested: {self.ingest.get('accepted')} rows accepted, "
-            f"{self.ingest.get('quarantined')} quarantined",
+            f"  ingested: {_total(self.ingest.get('accepted'))} rows accepted, "
+            f"{_total(self.ingest.get('quarantined'))} quarantined (see quarantine/)",
             "",
             f"  test window: {m.get('n_test')} try-on events (the last 15% by time)",
             "  fit model (too small / fit / too large)     model    oracle",
@@ -87,6 +90,10 @@ class PipelineSummary:
         return "\n".join(lines)
 
 
+def _total(counts: Any) -> Any:
+    return counts.get("total") if isinstance(counts, dict) else counts
+
+
 def write_examples(settings: Settings, events: pd.DataFrame, path: Path, n: int = 5) -> Path:
     """Write request bodies ``POST /recommend`` accepts: known users, and one guest."""
     recent = events.sort_values("event_timestamp").tail(200)
@@ -108,9 +115,30 @@ def write_examples(settings: Settings, events: pd.DataFrame, path: Path, n: int 
     return path
 
 
+def retrain_decision(settings: Settings) -> tuple[bool, dict[str, Any]]:
+    """The retrain trigger: should the models be retrained on the work directory's data now?
+
+    Compares the window after the champion's training window with that training window
+    (:func:`evaluation.drift.drift_check`: verdict, report, MLflow, history).
+
+    Returns:
+        Whether to retrain, and the verdict as a dict (``{"reason": ...}`` without a champion).
+    """
+    from evaluation.drift import drift_check, has_champion
+
+    if not has_champion(settings):
+        return True, {"drift_detected": None, "reason": "no champion yet: train one"}
+    verdict = drift_check(settings)
+    return verdict.drift_detected, verdict.to_dict()
+
+
 def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) -> PipelineSummary:
-    """Run every stage into ``settings.workdir`` and return what happened."""
-    from evaluation.drift import run_drift
+    """Run every stage into ``settings.workdir`` and return what happened.
+
+    With ``config.if_drift`` the stages after the training set run only when
+    :func:`retrain_decision` says so; otherwise the run stops after the drift check.
+    """
+    from evaluation.drift import drift_check
     from features import store
     from ml_pipeline.ingest import ingest_synthetic
     from ml_pipeline.synth import generate
@@ -142,6 +170,23 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         store.materialize(settings)
     with stage("training_set"):
         frame = load_training_set(settings, rebuild=True)
+    if config.if_drift:
+        with stage("drift_check"):
+            retrain, verdict_dict = retrain_decision(settings)
+            summary.drift = verdict_dict
+        if not retrain:
+            summary.promotion = {"promoted": False, "challenger_versions": None,
+                                 "reason": "no drift against the champion: retraining skipped"}
+            summary.paths.update(drift_html=str(settings.reports_dir / "drift_report.html"),
+                                 drift_json=str(settings.reports_dir / "drift_verdict.json"))
+            summary.paths["examples"] = str(write_examples(
+                settings, store.read_offline(settings, "events"),
+                settings.workdir / "examples" / "recommend.jsonl",
+            ))
+            (settings.reports_dir / "pipeline_summary.json").write_text(
+                json.dumps(summary.__dict__, indent=2, default=str)
+            )
+            return summary
     with stage("train"):
         result = train(settings, frame, n_trials=config.n_trials, timeout_s=config.timeout_s)
         summary.metrics = result.metrics
@@ -149,12 +194,11 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         decision = promote(settings)
         summary.promotion = decision.__dict__
     with stage("drift"):
-        reference = frame[frame["event_timestamp"] < result.split.test_start]
-        current = frame[frame["event_timestamp"] >= result.split.test_start]
         html = settings.reports_dir / "drift_report.html"
         json_out = settings.reports_dir / "drift_verdict.json"
-        verdict = run_drift(reference, current, json_out=json_out, html_out=html)
-        summary.drift = json.loads(verdict.to_json())
+        # the (possibly new) champion's training window against the window after it
+        verdict = drift_check(settings, json_out=json_out, html_out=html)
+        summary.drift = verdict.to_dict()
         summary.paths.update(drift_html=str(html), drift_json=str(json_out))
     events = store.read_offline(settings, "events")
     examples = write_examples(settings, events, settings.workdir / "examples" / "recommend.jsonl")
