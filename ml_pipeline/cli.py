@@ -66,12 +66,19 @@ def _ingest(kind: str, path: Path, workdir: Path, summary: Path | None, max_reje
         "renttherunway": ingest.ingest_renttherunway,
         "modcloth": ingest.ingest_modcloth,
     }[kind]
-    result = func(path, workdir, max_reject_rate=max_reject_rate)
-    text = result.to_json()
+    from ml_pipeline.errors import RejectRateExceededError
+
+    try:
+        text = func(path, workdir, max_reject_rate=max_reject_rate).to_json()
+        failure = None
+    except RejectRateExceededError as exc:  # everything is written; report, then fail
+        text, failure = exc.summary_json or "{}", exc
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(text)
     typer.echo(text)
+    if failure is not None:
+        raise failure
 
 
 SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write the JSON summary here.")]
@@ -199,31 +206,59 @@ def serve(
     os.execvpe(argv[0], argv, env)
 
 
-@app.command()
-def drift(
-    reference: Annotated[Path | None, typer.Option(help="Reference window (default: the champion's training window).")] = None,
-    current: Annotated[Path | None, typer.Option(help="Current window (default: the latest window).")] = None,
+@app.command("session-service")
+def session_service(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
-    json_out: Annotated[Path | None, typer.Option("--json")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html")] = None,
-    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift")] = False,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    prediction_url: Annotated[
+        str | None,
+        typer.Option("--prediction-url", help="Prediction service (default: the profile's port)."),
+    ] = None,
+) -> None:
+    """Serve the try-on session API on 127.0.0.1 (API keys from FITML_API_KEYS)."""
+    from serving.session.config import load_session_config
+    from serving.session.server import serve as serve_sessions
+
+    serve_sessions(load_session_config(_settings(workdir, profile), prediction_url), port=port)
+
+
+@app.command("forget-user")
+def forget_user_cmd(
+    user_id: Annotated[str, typer.Argument(help="The shopper to forget.")],
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+) -> None:
+    """Remove a shopper from the event store, offline + online feature stores and logs."""
+    from serving.session.config import event_store_spec, table_prefix
+    from serving.session.forget import forget_user
+
+    settings = _settings(workdir, profile)
+    report = forget_user(settings, user_id, event_store_spec(settings), table_prefix())
+    _echo_json(report.as_dict())
+
+
+@app.command()
+def drift(
+    reference: Annotated[Path | None, typer.Option(help="Reference window: dataset dir, events/training/inference parquet, or inference log (default: the champion's training window).")] = None,
+    current: Annotated[Path | None, typer.Option(help="Current window, same kinds (default: the window after the champion's training window).")] = None,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Verdict JSON (default: <workdir>/reports/drift_verdict.json).")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Evidently report (default: <workdir>/reports/drift_report.html).")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="Feedback events (parquet) to join to an inference log (default: the ingested events).")] = None,
+    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")] = False,
+    log_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log verdict and report beside the champion's run.")] = True,
+    history: Annotated[bool, typer.Option("--history/--no-history", help="Append the verdict to the drift history table.")] = True,
 ) -> None:
     """Compare a current window with a reference: Evidently HTML report + JSON verdict."""
-    from evaluation.drift import run_drift
+    from evaluation.drift import drift_check
 
     settings = _settings(workdir, profile)
     json_out = json_out or settings.reports_dir / "drift_verdict.json"
     html_out = html_out or settings.reports_dir / "drift_report.html"
-    if reference is None or current is None:
-        from evaluation.evaluate import default_windows
-
-        ref_default, cur_default = default_windows(settings)
-        ref_src: Any = reference or ref_default
-        cur_src: Any = current or cur_default
-    else:
-        ref_src, cur_src = reference, current
-    verdict = run_drift(ref_src, cur_src, json_out=json_out, html_out=html_out)
+    verdict = drift_check(settings, reference, current, json_out=json_out, html_out=html_out,
+                          feedback=feedback, log_mlflow=log_mlflow, record_history=history)
     typer.echo(verdict.summary())
     typer.echo(f"verdict: {json_out}\nreport:  {html_out}")
     if fail_on_drift and verdict.drift_detected:
@@ -240,13 +275,14 @@ def pipeline_run(
     seed: int = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per model.")] = None,
     regenerate: Annotated[bool, typer.Option(help="Generate new raw data even if some exists.")] = False,
+    if_drift: Annotated[bool, typer.Option("--if-drift", help="Retrain and promote only when the champion's drift verdict says so.")] = False,
 ) -> None:
     """Run the whole loop: data, features, training, promotion, drift."""
     from ml_pipeline.pipeline import PipelineConfig, run_pipeline
 
     settings = _settings(workdir, profile)
     config = PipelineConfig(users=users, products=products, events=events, seed=seed,
-                            n_trials=trials, regenerate=regenerate)
+                            n_trials=trials, regenerate=regenerate, if_drift=if_drift)
     summary = run_pipeline(settings, config)
     typer.echo(summary.render(settings))
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,15 @@ def loop(
         root / "session.log",
         env={"FITML_API_KEYS": KEY},
     )
-    with prediction, sessions, httpx.Client(
-        base_url=sessions.url, headers={"X-API-Key": KEY}, timeout=20
-    ) as http:
+    with ExitStack() as stack:
+        for service in (prediction, sessions):  # start both at once, then wait for both
+            service.start(wait=False)
+            stack.callback(service.stop)
+        prediction.wait_ready()
+        sessions.wait_ready()
+        http = stack.enter_context(
+            httpx.Client(base_url=sessions.url, headers={"X-API-Key": KEY}, timeout=20)
+        )
         yield clone, http
 
 
@@ -89,18 +96,25 @@ def test_feedback_reaches_the_next_recommendation_then_forget(
     session = first.json()
     assert not session["degraded"] and session["confidence"] is not None
     tried = session["recommended_size"]
-    feedback = {"event_id": "loop-ev-1", "size": tried, "outcome": "too_small",
-                "notes": {"chest": "tight across the chest"}}
+    feedback = {
+        "event_id": "loop-ev-1",
+        "size": tried,
+        "outcome": "too_small",
+        "notes": {"chest": "tight across the chest"},
+    }
     accepted = http.post(f"{API}/sessions/{session['session_id']}/feedback", json=feedback)
     assert accepted.status_code == 202 and accepted.json()["status"] == "accepted"
 
-    after = poll(
-        lambda: (row := online_features(open_store(settings), user, product))["hist_n"]
-        == n_before + 1 and row,
+    p_before = before["pstat_n"] or 0.0
+    after = poll(  # user history and product stats are two writes: wait for both
+        lambda: (
+            (row := online_features(open_store(settings), user, product))["hist_n"] == n_before + 1
+            and row["pstat_n"] == p_before + 1
+            and row
+        ),
         30,
-        "the shopper's fit history updated in the online store",
+        "the shopper's fit history and the product's stats updated in the online store",
     )
-    assert after["pstat_n"] == (before["pstat_n"] or 0.0) + 1
 
     second = http.post(f"{API}/sessions", json={"user_id": user, "product_id": product})
     assert second.status_code == 201 and not second.json()["degraded"]
@@ -124,9 +138,19 @@ def test_feedback_reaches_the_next_recommendation_then_forget(
 
     # Forget the shopper: every store, reported.
     done = subprocess.run(
-        [sys.executable, "-m", "ml_pipeline.cli", "forget-user", user,
-         "--workdir", str(settings.workdir)],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "ml_pipeline.cli",
+            "forget-user",
+            user,
+            "--workdir",
+            str(settings.workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     report = json.loads(done.stdout)
     print("\nforget-user removed:", json.dumps(report["removed"], indent=1))
@@ -141,6 +165,6 @@ def test_feedback_reaches_the_next_recommendation_then_forget(
     assert user not in set(pd.read_parquet(settings.offline_dir / "events.parquet")["user_id"])
     assert user not in set(read_events(settings)["user_id"])
     assert all(
-        hash_id(user) not in p.read_text() for p in settings.inference_log_dir.glob("*.jsonl")
+        str(hash_id(user)) not in p.read_text() for p in settings.inference_log_dir.glob("*.jsonl")
     )
     assert http.get(f"{API}/sessions/{session['session_id']}").status_code == 404

@@ -1,0 +1,505 @@
+"""The session service's FastAPI app: ``/api/v1/tryon`` sessions, feedback, probes, metrics.
+
+:func:`create_app` takes its dependencies (:class:`Services`) ready-made, so tests and the
+server build them their own way; :func:`serving.session.server.build_services` builds them
+from the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, TypeVar
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.schemas import RecommendResponse
+from serving.session.charts import Chart, ChartBook, chart_rule
+from serving.session.client import (
+    CircuitBreaker,
+    PredictionClient,
+    PredictionRejected,
+    PredictionUnavailable,
+    ProductNotFound,
+)
+from serving.session.delivery import Deliverer
+from serving.session.observability import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    Metrics,
+    hash_id,
+    request_id_from,
+)
+from serving.session.schemas import (
+    ID_PATTERN,
+    ErrorBody,
+    Feedback,
+    FeedbackAccepted,
+    FeedbackOut,
+    Session,
+    SizeOption,
+    StartSession,
+)
+from serving.session.security import KeyRing, RateLimiter
+from serving.session.store import (
+    EventStore,
+    FeedbackEvent,
+    Outbox,
+    SessionRecord,
+    StoreUnavailable,
+)
+
+log = logging.getLogger("fitml.session")
+T = TypeVar("T")
+
+API_PREFIX: Final = "/api/v1/tryon"
+API_KEY_HEADER: Final = "X-API-Key"
+STORE_RETRY_AFTER_S: Final = 5
+
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key.")
+
+
+@dataclass
+class Services:
+    """Everything the app uses, built outside it."""
+
+    client: PredictionClient
+    charts: ChartBook
+    store: EventStore
+    outbox: Outbox
+    deliverer: Deliverer
+    limiter: RateLimiter
+    keys: KeyRing
+    metrics: Metrics
+    store_breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(3, 5.0))
+    """Stops calling a failing event store for a while (writes go to the outbox meanwhile)."""
+
+
+def _services(request: Request) -> Services:
+    services: Services | None = request.app.state.services
+    if services is None:
+        raise HTTPException(503, "the session service is not configured")
+    return services
+
+
+async def authorize(
+    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+) -> str:
+    """Accept a known API key within its rate limit; returns the key id (safe to log)."""
+    services = _services(request)
+    key_id = services.keys.identify(key)
+    if key_id is None:
+        raise HTTPException(
+            401,
+            f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+    request.state.key_id = key_id
+    decision = await services.limiter.hit(key_id)
+    if not decision.allowed:
+        services.metrics.rate_limited.inc()
+        raise HTTPException(
+            429,
+            f"rate limit of this API key exceeded; retry after {decision.retry_after_s} s",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+    return key_id
+
+
+Authorized = Annotated[str, Depends(authorize)]
+SessionId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    422: {"model": ErrorBody, "description": "Invalid request: names the field and the problem"},
+    429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
+}
+
+
+def _unavailable(what: str) -> HTTPException:
+    return HTTPException(
+        503,
+        f"{what} is unavailable right now; retry after {STORE_RETRY_AFTER_S} s",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
+def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+    """The session service app (``services=None`` only to export the OpenAPI document)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            services.deliverer.start()
+        try:
+            yield
+        finally:
+            if services is not None:
+                await services.deliverer.stop()
+                await services.client.close()
+                close = getattr(services.limiter, "close", None)
+                if close is not None:
+                    await close()
+
+    app = FastAPI(
+        title="fitml try-on session service",
+        version="1.0.0",
+        description=(
+            "Runs a shopper's try-on session: a size recommendation from the prediction "
+            "service (or, marked degraded, from the size chart), and the shopper's fit "
+            f"feedback. Every API route needs an API key in the {API_KEY_HEADER} header."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.services = services
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, REQUEST_ID_HEADER, "Content-Type"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location"],
+        )
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        token = REQUEST_ID.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            if services is not None:
+                services.metrics.latency.labels(route, request.method, str(status)).observe(seconds)
+            if not route.endswith(("/livez", "/readyz", "/metrics")):
+                log.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "ms": round(seconds * 1000, 2),
+                        "key_id": getattr(request.state, "key_id", None),
+                    },
+                )
+            REQUEST_ID.reset(token)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse({"detail": problems or "invalid request"}, status_code=422)
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        s = request.app.state.services
+        if s is None or len(s.charts) == 0:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ready",
+                "prediction_circuit": s.client.breaker.state,
+                "outbox_pending": s.outbox.pending(),
+            }
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request, _: Authorized) -> Response:
+        s = _services(request)
+        s.metrics.circuit_open.set(0 if s.client.breaker.state == "closed" else 1)
+        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        f"{API_PREFIX}/sessions",
+        status_code=201,
+        response_model=Session,
+        responses={**ERRORS, 404: {"model": ErrorBody, "description": "Unknown product"}},
+        summary="Start a try-on session and get a size recommendation",
+    )
+    async def start_session(
+        body: StartSession, request: Request, response: Response, _: Authorized
+    ) -> Session:
+        s = _services(request)
+        chart = await anyio.to_thread.run_sync(s.charts.get, body.product_id)
+        if chart is None:
+            raise HTTPException(
+                404, f"product_id {body.product_id!r} has no size chart; check the product id"
+            )
+        session_id = uuid.uuid4().hex
+        try:
+            answer = await s.client.recommend(body.model_dump(exclude_none=True, mode="json"))
+        except ProductNotFound as exc:
+            raise HTTPException(404, f"product_id {body.product_id!r}: {exc}") from None
+        except PredictionRejected as exc:
+            raise HTTPException(422, f"the prediction service refused the request: {exc}") from None
+        except PredictionUnavailable as exc:
+            session = await _degraded(s, session_id, body, chart, exc)
+        else:
+            session = _from_model(session_id, body, chart, answer)
+        record = SessionRecord(
+            session_id=session_id,
+            created_at=session.created_at,
+            user_id=body.user_id,
+            product_id=body.product_id,
+            body=session.model_dump(mode="json", exclude={"feedback"}),
+        )
+        try:
+            await _store(s, s.store.save_session, record)
+        except StoreUnavailable:
+            await anyio.to_thread.run_sync(
+                s.outbox.put,
+                [("session", session_id, body.user_id, session_id, record.to_json())],
+            )
+            s.deliverer.wake()
+        s.metrics.sessions.labels(str(session.degraded).lower()).inc()
+        log.info(
+            "session started",
+            extra={
+                "session_id": session_id,
+                "user_hash": hash_id(body.user_id),
+                "guest": body.user_id is None,
+                "product_id": body.product_id,
+                "recommended_size": session.recommended_size,
+                "degraded": session.degraded,
+            },
+        )
+        response.headers["Location"] = f"{API_PREFIX}/sessions/{session_id}"
+        return session
+
+    @app.get(
+        f"{API_PREFIX}/sessions/{{session_id}}",
+        response_model=Session,
+        responses={
+            **ERRORS,
+            404: {"model": ErrorBody, "description": "Unknown session"},
+            503: {"model": ErrorBody, "description": "Event store unavailable (see Retry-After)"},
+        },
+        summary="Read a session, its recommendation and the feedback recorded so far",
+    )
+    async def read_session(session_id: SessionId, request: Request, _: Authorized) -> Session:
+        s = _services(request)
+        try:
+            record = await _store(s, s.store.get_session, session_id)
+            events = await _store(s, s.store.session_events, session_id)
+        except StoreUnavailable:
+            raise _unavailable("the event store") from None
+        if record is None:
+            pending = await anyio.to_thread.run_sync(s.outbox.find, "session", session_id)
+            if pending is None:
+                raise HTTPException(404, f"session_id {session_id!r} does not exist")
+            record = SessionRecord.from_json(pending)
+        stored = {e.event_id for e in events}
+        pending_events = [
+            FeedbackEvent.from_json(p)
+            for p in await anyio.to_thread.run_sync(s.outbox.of_session, "event", session_id)
+        ]
+        events += [e for e in pending_events if e.event_id not in stored]
+        session = Session.model_validate(record.body)
+        session.feedback = [
+            FeedbackOut(
+                event_id=e.event_id,
+                size=e.size,
+                outcome=e.outcome,  # type: ignore[arg-type]
+                notes=e.notes,  # type: ignore[arg-type]
+                event_timestamp=e.event_timestamp,
+            )
+            for e in sorted(events, key=lambda e: (e.event_timestamp, e.event_id))
+        ]
+        return session
+
+    @app.post(
+        f"{API_PREFIX}/sessions/{{session_id}}/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        responses={
+            **ERRORS,
+            404: {"model": ErrorBody, "description": "Unknown session"},
+            503: {
+                "model": ErrorBody,
+                "description": "Session unknown here and the event store "
+                "is unavailable (see Retry-After)",
+            },
+        },
+        summary="Record the shopper's feedback on a size they tried",
+    )
+    async def record_feedback(
+        session_id: SessionId, body: Feedback, request: Request, _: Authorized
+    ) -> FeedbackAccepted:
+        s = _services(request)
+        record = await _find_session(s, session_id)
+        sizes = {o["size"]: int(o["size_index"]) for o in record.body.get("sizes", [])}
+        if body.size not in sizes:
+            raise HTTPException(
+                422,
+                f"size {body.size!r} is not a size of product {record.product_id!r}; "
+                f"use one of {', '.join(sizes)}",
+            )
+        event_id = body.event_id or uuid.uuid4().hex
+        event = FeedbackEvent(
+            event_id=event_id,
+            session_id=session_id,
+            user_id=record.user_id,
+            product_id=record.product_id,
+            size=body.size,
+            size_index=sizes[body.size],
+            outcome=body.outcome,
+            event_timestamp=datetime.now(UTC),
+            notes={str(k): v for k, v in body.notes.items()},
+        )
+        added = await anyio.to_thread.run_sync(
+            s.outbox.put, [("event", event_id, record.user_id, session_id, event.to_json())]
+        )
+        duplicate = added == 0
+        if not duplicate and body.event_id is not None:
+            try:
+                duplicate = await _store(s, s.store.has_event, event_id)
+            except StoreUnavailable:
+                duplicate = False  # the outbox delivers it once, whatever the store holds
+        if not duplicate:
+            s.metrics.feedback.labels(body.outcome).inc()
+        s.deliverer.wake()
+        log.info(
+            "feedback accepted",
+            extra={
+                "session_id": session_id,
+                "event_id": event_id,
+                "user_hash": hash_id(record.user_id),
+                "outcome": body.outcome,
+                "duplicate": duplicate,
+            },
+        )
+        return FeedbackAccepted(
+            event_id=event_id,
+            session_id=session_id,
+            status="duplicate" if duplicate else "accepted",
+        )
+
+    return app
+
+
+async def _store(s: Services, call: Callable[..., T], *args: Any) -> T:
+    """Call the event store in a worker thread, through its circuit breaker.
+
+    Raises:
+        StoreUnavailable: the store failed, or failed recently (the breaker is open).
+    """
+    if not s.store_breaker.allow():
+        raise StoreUnavailable("event store failing: circuit open, not called")
+    try:
+        result = await anyio.to_thread.run_sync(call, *args)
+    except StoreUnavailable:
+        s.store_breaker.failure()
+        raise
+    s.store_breaker.success()
+    return result
+
+
+async def _find_session(s: Services, session_id: str) -> SessionRecord:
+    """The session from the store, or pending in the outbox; 404 / 503 otherwise."""
+    try:
+        record = await _store(s, s.store.get_session, session_id)
+    except StoreUnavailable:
+        record, down = None, True
+    else:
+        down = False
+    if record is not None:
+        return record
+    pending = await anyio.to_thread.run_sync(s.outbox.find, "session", session_id)
+    if pending is not None:
+        return SessionRecord.from_json(pending)
+    if down:
+        raise _unavailable("the event store (needed to find this session)")
+    raise HTTPException(404, f"session_id {session_id!r} does not exist")
+
+
+def _from_model(
+    session_id: str, body: StartSession, chart: Chart, answer: RecommendResponse
+) -> Session:
+    probabilities = {p.size: p for p in answer.sizes}
+    sizes = []
+    for size, index in zip(chart.sizes, chart.indices, strict=True):
+        p = probabilities.get(size)
+        sizes.append(
+            SizeOption(
+                size=size,
+                size_index=index,
+                p_too_small=None if p is None else p.p_too_small,
+                p_fit=None if p is None else p.p_fit,
+                p_too_large=None if p is None else p.p_too_large,
+            )
+        )
+    return Session(
+        session_id=session_id,
+        created_at=datetime.now(UTC),
+        product_id=body.product_id,
+        guest=body.user_id is None,
+        recommended_size=answer.recommended_size,
+        confidence=answer.confidence,
+        runner_up=answer.runner_up,
+        fit_note=answer.fit_note,
+        sizes=sizes,
+        degraded=False,
+        fallbacks=list(answer.fallbacks),
+        model_versions=dict(answer.model_versions),
+        prediction_request_id=answer.request_id,
+    )
+
+
+async def _degraded(
+    s: Services, session_id: str, body: StartSession, chart: Chart, exc: PredictionUnavailable
+) -> Session:
+    girth = None
+    if body.measurements is not None:
+        girth = getattr(body.measurements, f"{chart.dimension}_cm", None)
+    if girth is None and body.user_id is not None:
+        girth = await anyio.to_thread.run_sync(s.charts.girth, body.user_id, chart.dimension)
+    answer = chart_rule(chart, girth)
+    s.metrics.degraded.labels(exc.reason).inc()
+    log.warning(
+        "degraded answer: size chart rule",
+        extra={"session_id": session_id, "reason": exc.reason, "detail": str(exc)},
+    )
+    return Session(
+        session_id=session_id,
+        created_at=datetime.now(UTC),
+        product_id=body.product_id,
+        guest=body.user_id is None,
+        recommended_size=answer.size,
+        confidence=None,
+        runner_up=None,
+        fit_note=answer.note,
+        sizes=[
+            SizeOption(size=z, size_index=i)
+            for z, i in zip(chart.sizes, chart.indices, strict=True)
+        ],
+        degraded=True,
+        degraded_reason=f"{exc.reason}: {exc}",
+        fallbacks=["prediction service unavailable: size chart rule", *answer.fallbacks],
+    )

@@ -1,0 +1,259 @@
+"""Delivery of the outbox: sessions and events to the event store, feedback to Feast online.
+
+Each pass (:meth:`Deliverer.deliver_once`) takes the due items of each kind in order:
+
+1. ``session``: sessions the event store was down for -> ``EventStore.save_session``.
+2. ``event``: feedback -> ``EventStore.add_events`` (once per event id). An event that is new,
+   or stored but not yet pushed, gets a ``push`` item in the same outbox transaction.
+3. ``push``: feedback of known shoppers -> the push function (``features.feedback
+   .push_feedback``: updated history / product-stats rows, online and offline).
+4. ``pushed``: mark the events pushed in the event store, so a resent event id is not
+   pushed twice.
+
+An item leaves the outbox only when its step succeeded; a failed step is retried with
+exponential backoff. Nothing is lost while a store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ml_pipeline.settings import Settings
+from serving.session.observability import Metrics
+from serving.session.store import (
+    EventStore,
+    FeedbackEvent,
+    Outbox,
+    OutboxItem,
+    SessionRecord,
+    StoreUnavailable,
+    events_frame,
+)
+
+log = logging.getLogger(__name__)
+
+PushFn = Callable[[pd.DataFrame], Any]
+"""Pushes new feedback events (columns ``ml_pipeline.schema.EVENT_COLUMNS``) to the feature
+store, online and offline, so the next online read of the shopper and product reflects them."""
+
+
+class PushUnavailable(RuntimeError):
+    """No push function is installed (``features.feedback.push_feedback`` is missing)."""
+
+
+def feast_push(settings: Settings) -> PushFn:
+    """The push function of the work directory: ``features.feedback.push_feedback``.
+
+    The feature store is opened on the first push and kept (pushes come from one thread).
+    ``push_feedback`` ignores events it has logged before (the event id is the key), so a
+    push repeated after a crash does not count an event twice.
+
+    Raises:
+        PushUnavailable: when called, if ``features.feedback`` does not provide it (the pushes
+            then wait in the outbox).
+    """
+    opened: list[Any] = []
+
+    def push(events: pd.DataFrame) -> Any:
+        try:
+            from features.feedback import push_feedback
+        except ImportError as exc:
+            raise PushUnavailable(
+                "features.feedback.push_feedback is not available; feedback waits in the outbox"
+            ) from exc
+        if not opened:
+            from features.store import open_store
+
+            opened.append(open_store(settings))
+        return push_feedback(opened[0], events, settings=settings)
+
+    return push
+
+
+@dataclass
+class DeliveryReport:
+    """What one pass delivered and what failed, per kind."""
+
+    delivered: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+
+
+class Deliverer:
+    """Delivers the outbox; runs as a background task of the app, or called directly."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        store: EventStore,
+        push: PushFn | None,
+        metrics: Metrics | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.store = store
+        self.push = push
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- one pass (blocking: runs in a worker thread) ------------------------------------
+    def deliver_once(self) -> DeliveryReport:
+        """Deliver every due item once, kind by kind."""
+        report = DeliveryReport()
+        self._sessions(report)
+        self._events(report)
+        self._pushes(report)
+        self._marks(report)
+        if self.metrics is not None:
+            for kind, n in self.outbox.pending().items():
+                self.metrics.outbox_pending.labels(kind).set(n)
+        return report
+
+    def _count(self, report: DeliveryReport, kind: str, ok: int, failed: int) -> None:
+        if ok:
+            report.delivered[kind] = report.delivered.get(kind, 0) + ok
+        if failed:
+            report.failed[kind] = report.failed.get(kind, 0) + failed
+        if self.metrics is not None:
+            if ok:
+                self.metrics.deliveries.labels(kind, "ok").inc(ok)
+            if failed:
+                self.metrics.deliveries.labels(kind, "failed").inc(failed)
+
+    def _sessions(self, report: DeliveryReport) -> None:
+        items = self.outbox.due("session")
+        if not items:
+            return
+        try:
+            for item in items:
+                self.store.save_session(SessionRecord.from_json(item.payload))
+        except StoreUnavailable as exc:
+            self.outbox.retry([i.id for i in items], str(exc))
+            self._count(report, "session", 0, len(items))
+            return
+        self.outbox.done([i.id for i in items])
+        self._count(report, "session", len(items), 0)
+
+    def _events(self, report: DeliveryReport) -> None:
+        items = self.outbox.due("event")
+        if not items:
+            return
+        events = [FeedbackEvent.from_json(i.payload) for i in items]
+        try:
+            new = set(self.store.add_events(events))
+            old = [e.event_id for e in events if e.event_id not in new]
+            to_push = new | set(self.store.unpushed(old))
+        except StoreUnavailable as exc:
+            self.outbox.retry([i.id for i in items], str(exc))
+            self._count(report, "event", 0, len(items))
+            return
+        follow = [
+            ("push", e.event_id, e.user_id, e.session_id, e.to_json())
+            for e in events
+            if e.event_id in to_push and e.user_id
+        ]
+        self.outbox.replace([i.id for i in items], follow)
+        self._count(report, "event", len(items), 0)
+
+    def _pushes(self, report: DeliveryReport) -> None:
+        items = self.outbox.due("push")
+        if not items:
+            return
+        if self.push is None:
+            self.outbox.retry([i.id for i in items], "no push function installed")
+            self._count(report, "push", 0, len(items))
+            return
+        events = [FeedbackEvent.from_json(i.payload) for i in items]
+        try:
+            self.push(events_frame(events))
+        except ValueError:
+            # The feature store refused the data (e.g. a size not on its charts): push one by
+            # one, so one bad event does not hold back the others; it stays in the outbox.
+            for item, event in zip(items, events, strict=True):
+                self._push_batch([item], [event], report)
+            return
+        except Exception as exc:  # the feature store is down or failing: retry later
+            self._push_failed(items, exc, report)
+            return
+        self._pushed(items, events, report)
+
+    def _push_batch(
+        self, items: list[OutboxItem], events: list[FeedbackEvent], report: DeliveryReport
+    ) -> None:
+        assert self.push is not None
+        try:
+            self.push(events_frame(events))
+        except Exception as exc:
+            self._push_failed(items, exc, report)
+            return
+        self._pushed(items, events, report)
+
+    def _push_failed(self, items: list[OutboxItem], exc: Exception, report: DeliveryReport) -> None:
+        log.warning(
+            "push to the feature store failed; will retry",
+            extra={"error": type(exc).__name__, "events": len(items)},
+        )
+        self.outbox.retry([i.id for i in items], f"{type(exc).__name__}: {exc}")
+        self._count(report, "push", 0, len(items))
+
+    def _pushed(
+        self, items: list[OutboxItem], events: list[FeedbackEvent], report: DeliveryReport
+    ) -> None:
+        follow = [
+            ("pushed", e.event_id, e.user_id, e.session_id, json.dumps(e.event_id)) for e in events
+        ]
+        self.outbox.replace([i.id for i in items], follow)
+        self._count(report, "push", len(items), 0)
+
+    def _marks(self, report: DeliveryReport) -> None:
+        items = self.outbox.due("pushed")
+        if not items:
+            return
+        try:
+            self.store.mark_pushed([i.key for i in items])
+        except StoreUnavailable as exc:
+            self.outbox.retry([i.id for i in items], str(exc))
+            self._count(report, "pushed", 0, len(items))
+            return
+        self.outbox.done([i.id for i in items])
+        self._count(report, "pushed", len(items), 0)
+
+    # -- background task -----------------------------------------------------------------
+    def wake(self) -> None:
+        """Start a pass now (new items were added)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Run passes in the background: on :meth:`wake`, else every ``interval_s``."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="fitml-session-delivery")
+
+    async def stop(self) -> None:
+        """Stop the background task after a last pass."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.to_thread(self.deliver_once)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+            self._wake.clear()
+            try:
+                await asyncio.to_thread(self.deliver_once)
+            except Exception:  # never let the loop die; the items stay in the outbox
+                log.exception("outbox delivery pass failed")

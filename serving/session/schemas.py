@@ -1,0 +1,109 @@
+"""Typed request and response bodies of the session API (``/api/v1/tryon``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serving.schemas import FitPreference, Measurements
+
+Outcome = Literal["too_small", "fit", "too_large"]
+Area = Literal["chest", "waist", "hips", "length", "shoulders", "sleeves", "inseam"]
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+
+
+class StartSession(BaseModel):
+    """Start a try-on session: a known shopper (``user_id``) or a guest with measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=ID_PATTERN)
+    measurements: Measurements | None = None
+    fit_preference: FitPreference | None = None
+
+    @model_validator(mode="after")
+    def _shopper_given(self) -> StartSession:
+        if self.user_id is None and (
+            self.measurements is None
+            or all(v is None for v in self.measurements.model_dump().values())
+        ):
+            raise ValueError("give user_id, or measurements for a guest session")
+        return self
+
+
+class SizeOption(BaseModel):
+    """One size of the product, with the fit model's probabilities when the model answered."""
+
+    size: str
+    size_index: int
+    p_too_small: float | None = None
+    p_fit: float | None = None
+    p_too_large: float | None = None
+
+
+class FeedbackOut(BaseModel):
+    """Feedback recorded in a session."""
+
+    event_id: str
+    size: str
+    outcome: Outcome
+    notes: dict[Area, str] = Field(default_factory=dict)
+    event_timestamp: datetime
+
+
+class Session(BaseModel):
+    """A try-on session and the recommendation it was given."""
+
+    session_id: str
+    created_at: datetime
+    product_id: str
+    guest: bool
+    recommended_size: str
+    confidence: float | None = Field(
+        description="The model's confidence in [0, 1]; null when the size-chart rule answered."
+    )
+    runner_up: str | None
+    fit_note: str
+    sizes: list[SizeOption]
+    degraded: bool = Field(description="True when the prediction service was not used.")
+    degraded_reason: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    prediction_request_id: str | None = None
+    feedback: list[FeedbackOut] = Field(default_factory=list)
+
+
+class Feedback(BaseModel):
+    """What the shopper said about a size they tried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=ID_PATTERN,
+        description="Idempotency key: resending the same event id records it once.",
+    )
+    size: str = Field(min_length=1, max_length=16)
+    outcome: Outcome
+    notes: dict[Area, Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=dict, description="Optional free-text notes per body area."
+    )
+
+
+class FeedbackAccepted(BaseModel):
+    """Feedback was accepted: stored durably, delivered to the stores as soon as they answer."""
+
+    event_id: str
+    session_id: str
+    status: Literal["accepted", "duplicate"]
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer: what was wrong and what to do."""
+
+    detail: str

@@ -1,0 +1,72 @@
+"""Build the session service from settings and serve it (``fitml session-service``)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serving.session.app import Services, create_app
+from serving.session.charts import ChartBook, OnlineReader
+from serving.session.client import PredictionClient
+from serving.session.config import SessionConfig
+from serving.session.delivery import Deliverer, PushFn, feast_push
+from serving.session.observability import Metrics
+from serving.session.security import KeyRing, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from serving.session.store import Outbox, open_event_store
+
+
+def build_services(config: SessionConfig, push: PushFn | None = None) -> Services:
+    """Open the stores and clients the app needs (charts read from the work directory).
+
+    Args:
+        config: the session service's settings.
+        push: how feedback reaches the feature store (default: :func:`feast_push`).
+
+    Raises:
+        FileNotFoundError: the work directory has no feature tables yet.
+    """
+    settings = config.settings
+    online = OnlineReader(settings)
+    online.warm_up()
+    charts = ChartBook(settings, online).load()
+    # The tables are created on the first connection: the store may be down at start.
+    store = open_event_store(config.event_store, config.state_dir, config.table_prefix)
+    outbox = Outbox(config.state_dir / "outbox.db")
+    metrics = Metrics()
+    limiter: RateLimiter
+    if config.redis_url:
+        limiter = RedisRateLimiter(config.redis_url, config.rate_per_s, config.rate_burst)
+    else:
+        limiter = LocalRateLimiter(config.rate_per_s, config.rate_burst)
+    deliverer = Deliverer(
+        outbox,
+        store,
+        feast_push(settings) if push is None else push,
+        metrics,
+        interval_s=config.delivery_interval_s,
+    )
+    return Services(
+        client=PredictionClient(config.prediction_url, config.client),
+        charts=charts,
+        store=store,
+        outbox=outbox,
+        deliverer=deliverer,
+        limiter=limiter,
+        keys=KeyRing(config.api_key_hashes),
+        metrics=metrics,
+    )
+
+
+def build_app(config: SessionConfig, push: PushFn | None = None) -> FastAPI:
+    """The app with its services built from ``config``."""
+    return create_app(build_services(config, push), cors_origins=config.cors_origins)
+
+
+def serve(config: SessionConfig, port: int = 8000, host: str = "127.0.0.1") -> None:
+    """Serve the session service until stopped (JSON logs on stderr)."""
+    import uvicorn
+
+    from serving.session.observability import configure_logging
+
+    configure_logging()
+    app = build_app(config)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

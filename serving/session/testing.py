@@ -1,0 +1,210 @@
+"""Helpers for tests and benchmarks of the session service: real processes, real faults.
+
+- :func:`clone_workdir`: a private copy of a trained work directory (its feature views
+  re-registered on the copy's sources), so a test may write feedback into it.
+- :class:`ServiceProcess`: a ``fitml`` server as a subprocess that can be stopped and
+  started again (fault injection), ready when its ``/readyz`` answers 200.
+- :class:`TcpProxy`: a loopback TCP forwarder that can cut every connection (PostgreSQL or
+  Redis "down") and restore them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from ml_pipeline.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clone_workdir(source: Path, target: Path, profile: str = "local") -> Settings:
+    """Copy a trained work directory and point its feature views at the copy's sources.
+
+    Model artifacts are not copied: the registry in the copied MLflow database still refers
+    to the originals, which are only read.
+    """
+    from features.definitions import build_definitions
+    from features.store import feature_source_dir, open_store
+
+    shutil.copytree(
+        source, target, ignore=shutil.ignore_patterns("mlartifacts", "bentoml", "session")
+    )
+    settings = load_settings(profile, target)
+    definitions = build_definitions(feature_source_dir(settings))
+    open_store(settings).apply(definitions.objects())
+    return settings
+
+
+class ServiceProcess:
+    """A server subprocess (``python -m ml_pipeline.cli ...``) that can be stopped and restarted."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        self.args = [sys.executable, "-m", "ml_pipeline.cli", *args, "--port", str(port)]
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        """Start the process (and wait until it is ready)."""
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Block until ``/readyz`` answers 200.
+
+        Raises:
+            RuntimeError: the process exited (with the end of its log).
+            TimeoutError: not ready within ``ready_timeout_s``.
+        """
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.args[3]} exited: " + self.log_path.read_text(errors="replace")[-3000:]
+                )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(
+            f"{self.args[3]} on port {self.port} not ready in {self.ready_timeout_s} s"
+        )
+
+    def stop(self) -> None:
+        """Stop the process and its children (SIGTERM, then SIGKILL after 20 s)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to ``target``; :meth:`cut` breaks it, :meth:`restore` heals.
+
+    While cut, new connections are accepted and closed at once, and open ones are closed: to
+    a client the service looks down.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._up = True
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        """Close every connection and refuse new ones."""
+        with self._lock:
+            self._up = False
+            pairs, self._pairs = self._pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def restore(self) -> None:
+        """Forward new connections again."""
+        with self._lock:
+            self._up = True
+
+    def close(self) -> None:
+        """Stop the proxy."""
+        self._stop.set()
+        self.cut()
+        self._server.close()
+        self._thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        self._server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            with self._lock:
+                up = self._up
+            if not up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(a, selectors.EVENT_READ, b)
+            selector.register(b, selectors.EVENT_READ, a)
+            while not self._stop.is_set():
+                for key, _ in selector.select(timeout=0.5):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            selector.close()
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()

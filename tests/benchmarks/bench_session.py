@@ -1,0 +1,146 @@
+"""Load test of session start: a closed-loop driver over loopback, prediction service up and down.
+
+Each of ``--clients`` concurrent clients starts a session, waits for the answer, and starts
+the next one, for ``--seconds`` per phase. Phase ``up``: the prediction service answers;
+phase ``down``: it is stopped, and sessions are answered by the size-chart rule (degraded).
+Reports sessions/s and latency percentiles per phase as JSON.
+
+    .venv/bin/python tests/benchmarks/bench_session.py --workdir /tmp/sess --seconds 5
+
+(``make bench`` runs :func:`test_bench_session` on the test suite's trained work directory
+when pytest collects ``bench_*.py``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.session.testing import ServiceProcess, clone_workdir, free_port
+
+KEY = "bench-key"
+
+
+async def closed_loop(
+    url: str, bodies: list[dict[str, Any]], clients: int, seconds: float
+) -> dict[str, Any]:
+    """Run ``clients`` closed loops of ``POST /api/v1/tryon/sessions`` for ``seconds``."""
+    latencies: list[float] = []
+    degraded = errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        nonlocal degraded, errors
+        n = i
+        while time.perf_counter() < stop_at:
+            body = bodies[n % len(bodies)]
+            n += clients
+            started = time.perf_counter()
+            try:
+                response = await http.post("/api/v1/tryon/sessions", json=body)
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 201:
+                errors += 1
+            elif response.json()["degraded"]:
+                degraded += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"X-API-Key": KEY}, timeout=30, limits=limits
+    ) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "sessions": len(latencies),
+        "sessions_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "max_ms": round(float(np.max(ms)), 1),
+        "errors": errors,
+        "degraded": degraded,
+    }
+
+
+def run_bench(workdir: Path, seconds: float = 5.0, clients: int = 8) -> dict[str, Any]:
+    """Clone ``workdir``, start both services, measure session start with prediction up/down."""
+    with tempfile.TemporaryDirectory(prefix="bench-session-") as tmp:
+        root = Path(tmp)
+        clone = clone_workdir(workdir, root / "var")
+        lines = (clone.workdir / "examples" / "recommend.jsonl").read_text().splitlines()
+        bodies = [json.loads(line) for line in lines]
+        prediction = ServiceProcess(
+            ["serve", "--workdir", str(clone.workdir)], free_port(), root / "predict.log"
+        )
+        sessions = ServiceProcess(
+            [
+                "session-service",
+                "--workdir",
+                str(clone.workdir),
+                "--prediction-url",
+                prediction.url,
+            ],
+            free_port(),
+            root / "session.log",
+            env={"FITML_API_KEYS": KEY, "FITML_RATE_LIMIT": "100000", "FITML_RATE_BURST": "100000"},
+        )
+        with ExitStack() as stack:
+            for service in (prediction, sessions):
+                service.start(wait=False)
+                stack.callback(service.stop)
+            prediction.wait_ready()
+            sessions.wait_ready()
+            asyncio.run(closed_loop(sessions.url, bodies, clients, 1.0))  # warm up
+            up = asyncio.run(closed_loop(sessions.url, bodies, clients, seconds))
+            prediction.stop()
+            down = asyncio.run(closed_loop(sessions.url, bodies, clients, seconds))
+    return {"up": up, "down": down}
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_session(trained_workdir: Path) -> None:
+    result = run_bench(trained_workdir, seconds=5.0, clients=8)
+    print("\n" + json.dumps(result, indent=2))
+    out = os.environ.get("FITML_BENCH_DIR")
+    if out:
+        Path(out, "session.json").write_text(json.dumps(result, indent=2))
+    assert result["up"]["errors"] == 0 and result["down"]["errors"] == 0
+    assert result["up"]["degraded"] == 0
+    assert result["down"]["degraded"] == result["down"]["sessions"]
+
+
+def main() -> None:
+    """Command line: ``bench_session.py --workdir DIR [--seconds S] [--clients N]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="A trained work directory.")
+    parser.add_argument("--seconds", type=float, default=5.0, help="Per phase (keep it short).")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="Also write the result here.")
+    args = parser.parse_args()
+    result = run_bench(args.workdir.resolve(), args.seconds, args.clients)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
