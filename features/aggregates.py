@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
+from features.definitions import CREATED_TIMESTAMP
 from features.transforms import CATALOGUE_SYSTEMS, chart_features, implied_index
 
 STAMP_DELAY: Final = pd.Timedelta(microseconds=1)
@@ -57,9 +58,7 @@ def user_profile_table(users: pd.DataFrame) -> pd.DataFrame:
         {
             "user_id": users["user_id"].astype(str),
             "event_timestamp": utc_ns(users["event_timestamp"]),
-            "user_sex": users.get("sex", pd.Series(index=users.index, dtype=object)).astype(
-                object
-            ),
+            "user_sex": users.get("sex", pd.Series(index=users.index, dtype=object)).astype(object),
             "user_fit_preference": users["fit_preference"].astype(object),
         }
     )
@@ -98,13 +97,8 @@ def product_attrs_table(products: pd.DataFrame, size_charts: pd.DataFrame) -> pd
     )
     out = out.join(arrays, on="product_id")
     out["chart_dimension"] = out["chart_dimension"].fillna("none").astype(str)
-    for column, empty in (
-        ("chart_sizes", []),
-        ("chart_index", []),
-        ("chart_low", []),
-        ("chart_high", []),
-    ):
-        out[column] = out[column].apply(lambda v, e=empty: v if isinstance(v, list) else list(e))
+    for column in ("chart_sizes", "chart_index", "chart_low", "chart_high"):
+        out[column] = out[column].apply(lambda v: v if isinstance(v, list) else [])
     return out
 
 
@@ -176,6 +170,7 @@ def user_history_table(offsets: pd.DataFrame) -> pd.DataFrame:
             {
                 "user_id": cum["user_id"].astype(str),
                 "event_timestamp": cum["event_timestamp"] + STAMP_DELAY,
+                CREATED_TIMESTAMP: cum["event_timestamp"] + STAMP_DELAY,
                 "hist_n": cum["n"].astype(float),
                 "hist_share_small": cum["small"] / cum["n"],
                 "hist_share_large": cum["large"] / cum["n"],
@@ -197,6 +192,7 @@ def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
             {
                 "product_id": cum["product_id"].astype(str),
                 "event_timestamp": cum["event_timestamp"] + STAMP_DELAY,
+                CREATED_TIMESTAMP: cum["event_timestamp"] + STAMP_DELAY,
                 "pstat_n": cum["n"].astype(float),
                 "pstat_share_small": cum["small"] / cum["n"],
                 "pstat_share_large": cum["large"] / cum["n"],

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
 from features.transforms import PER_SIZE_FEATURES, REQUEST_FEATURES, STRING_FEATURES
@@ -80,6 +80,35 @@ FEATURE_NAMES: Final[tuple[str, ...]] = tuple(
 )
 """Every feature the feature service returns, in view order."""
 
+PUSHED_VIEWS: Final[tuple[str, ...]] = ("user_history", "product_stats")
+"""Views fed by fit feedback: each has a push source ``<view>_push`` besides its batch source,
+so feedback is online within a second (:func:`features.feedback.push_feedback`)."""
+
+CREATED_TIMESTAMP: Final = "created_timestamp"
+"""Column of the pushed views' sources that breaks ties between rows of one entity and instant
+(a late or repeated push recomputes a row): the latest created wins, offline and online."""
+
+MAX_AGE: Final[dict[str, timedelta | None]] = {
+    "user_profile": None,
+    "user_history": timedelta(days=730),
+    "product_attrs": None,
+    "product_stats": timedelta(days=365),
+}
+"""How old a view's value may be before it is stale (None: never), i.e. its Feast ``ttl``.
+
+- ``user_profile``: never. A profile is what the shopper stated; it holds until they update
+  it, and a request's own measurements override it anyway.
+- ``user_history``: two years. Bodies and tastes change; fit feedback older than that says
+  little about today's size, so the shopper is treated as new.
+- ``product_attrs``: never. Catalogue data and the size chart do not age.
+- ``product_stats``: one year. Feedback on a product nobody has tried for a year may describe
+  an earlier production run; the product is treated as new.
+
+Feast's offline join enforces ``ttl`` (a training row sees a value only if it was fresh at
+the event), its online read does not: :mod:`features.freshness` enforces the same ages on
+the serving path, so training and serving agree.
+"""
+
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
 product = Entity(name="product", join_keys=["product_id"], value_type=ValueType.STRING)
 
@@ -89,7 +118,7 @@ class Definitions:
     """The Feast objects of fitml, ready for ``FeatureStore.apply``."""
 
     entities: tuple[Entity, ...]
-    sources: tuple[FileSource, ...]
+    sources: tuple[FileSource | PushSource, ...]
     views: tuple[FeatureView, ...]
     services: tuple[FeatureService, ...]
 
@@ -101,23 +130,32 @@ class Definitions:
 def build_definitions(source_dir: Path) -> Definitions:
     """Build the definitions with sources under ``source_dir`` (``<view>.parquet`` each)."""
     entities = {"user": user, "product": product}
-    sources = []
-    views = []
+    sources: list[FileSource | PushSource] = []
+    views: list[FeatureView | Any] = []
     for name, fields in VIEW_FIELDS.items():
-        source = FileSource(
+        pushed = name in PUSHED_VIEWS
+        batch = FileSource(
             name=f"{name}_source",
             path=str(Path(source_dir).resolve() / f"{name}.parquet"),
             timestamp_field="event_timestamp",
+            created_timestamp_column=CREATED_TIMESTAMP if pushed else "",
         )
-        sources.append(source)
+        sources.append(batch)
+        source: FileSource | PushSource = batch
+        if pushed:
+            source = PushSource(name=push_source_name(name), batch_source=batch)
+            sources.append(source)
         views.append(
             FeatureView(
                 name=name,
                 entities=[entities[VIEW_ENTITY[name]]],
-                schema=[Field(name=field, dtype=dtype) for field, dtype in fields],
+                schema=[
+                    Field(name=f"{VIEW_ENTITY[name]}_id", dtype=String),
+                    *(Field(name=field, dtype=dtype) for field, dtype in fields),
+                ],
                 source=source,
                 online=True,
-                ttl=timedelta(0),  # no TTL in joins; freshness is checked at serving
+                ttl=MAX_AGE[name] or timedelta(0),
             )
         )
     service = FeatureService(name=FEATURE_SERVICE, features=views)
@@ -127,6 +165,11 @@ def build_definitions(source_dir: Path) -> Definitions:
         views=tuple(views),
         services=(service,),
     )
+
+
+def push_source_name(view: str) -> str:
+    """The push source of a feedback view (see :data:`PUSHED_VIEWS`)."""
+    return f"{view}_push"
 
 
 CATEGORICAL_FEATURES: Final[tuple[str, ...]] = STRING_FEATURES

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -69,6 +70,31 @@ def read_offline(settings: Settings, table: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def feedback_dir(settings: Settings) -> Path:
+    """Where pushed fit feedback is appended to the event log (one parquet file per push)."""
+    return settings.offline_dir / "feedback"
+
+
+def read_events(settings: Settings) -> pd.DataFrame:
+    """The event log: ingested try-on events plus the feedback pushed since.
+
+    ``event_id`` is the idempotency key: an event seen twice counts once (the first copy:
+    ingested before pushed, earlier pushes before later ones).
+
+    Raises:
+        FileNotFoundError: no ingested events (run ``fitml ingest`` first).
+    """
+    events = read_offline(settings, "events")
+    pushed = sorted(feedback_dir(settings).glob("*.parquet"))
+    if not pushed:
+        return events
+    frames = [events, *(pd.read_parquet(p) for p in pushed)]
+    columns = list(events.columns)
+    log = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
+    log["event_timestamp"] = utc_ns(log["event_timestamp"])
+    return log.drop_duplicates("event_id", keep="first").reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     """What ``apply`` registered and where the sources are."""
@@ -86,7 +112,7 @@ def apply(settings: Settings) -> ApplyResult:
         read_offline(settings, "users"),
         read_offline(settings, "products"),
         read_offline(settings, "size_charts"),
-        read_offline(settings, "events"),
+        read_events(settings),
     )
     source_dir = feature_source_dir(settings)
     tables.write(source_dir)
@@ -125,28 +151,59 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
         TrainingSetError: when the join lost or duplicated rows.
     """
     if events is None:
-        events = read_offline(settings, "events")
+        events = read_events(settings)
     entity_df = events[list(LABEL_COLUMNS)].copy()
     entity_df["event_timestamp"] = utc_ns(entity_df["event_timestamp"])
+    ts = entity_df["event_timestamp"].to_numpy(dtype="datetime64[ns]").view("i8")
+    if not (ts[1:] >= ts[:-1]).all():
+        entity_df = entity_df.iloc[np.argsort(ts, kind="stable")]
+    entity_df = entity_df.reset_index(drop=True)
+    if entity_df["event_id"].duplicated().any():
+        dupes = entity_df.loc[entity_df["event_id"].duplicated(), "event_id"].head(3).tolist()
+        raise TrainingSetError(
+            f"events repeat event_id {dupes}: event_id is the idempotency key; "
+            "deduplicate the events (read_events does) before building a training set"
+        )
     store = open_store(settings)
     service = store.get_feature_service(FEATURE_SERVICE)
     joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-    if len(joined) != len(entity_df) or joined["event_id"].duplicated().any():
+    if len(joined) != len(entity_df) or not joined["event_id"].is_unique:
         raise TrainingSetError(
             f"point-in-time join returned {len(joined)} rows "
             f"({joined['event_id'].nunique()} distinct events) for {len(entity_df)} events"
         )
-    joined = joined.sort_values(["event_timestamp", "event_id"], kind="stable")
-    return request_features(joined.reset_index(drop=True))
+    if not joined["event_id"].equals(entity_df["event_id"]):
+        # The ASOF store keeps entity_df's order; another offline store may not.
+        joined = joined.set_index("event_id").loc[entity_df["event_id"]].reset_index()
+    return request_features(joined)
 
 
-def online_features(store: Any, user_id: str | None, product_id: str) -> dict[str, Any]:
-    """Read the feature service online for one (user, product): feature name -> value."""
+def online_features(
+    store: Any, user_id: str | None, product_id: str, *, event_times: bool = False
+) -> dict[str, Any]:
+    """Read the feature service online for one (user, product): feature name -> value.
+
+    Args:
+        store: an open ``feast.FeatureStore``.
+        user_id: the shopper (None or empty for a guest: every user feature is None).
+        product_id: the product.
+        event_times: also return ``event_ts__<view>``, each view's event time in epoch
+            seconds (None when the entity has no value), for :mod:`features.freshness`.
+    """
+    from features.definitions import VIEW_FIELDS
+    from features.freshness import timestamp_key
+
     row = {"user_id": user_id or "", "product_id": product_id}
     response = store.get_online_features(
         features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[row]
     )
-    return {key: values[0] for key, values in response.to_dict().items()}
+    values = response.to_dict(include_event_timestamps=event_times)
+    out = {key: v[0] for key, v in values.items() if not key.endswith("__ts")}
+    if event_times:
+        for view, fields in VIEW_FIELDS.items():
+            seconds = values.get(f"{fields[0][0]}__ts", [None])[0]
+            out[timestamp_key(view)] = seconds or None
+    return out
 
 
 def default_window_end(events: pd.DataFrame) -> datetime:

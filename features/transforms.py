@@ -9,8 +9,8 @@ of the product. There is no second copy anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,14 @@ REQUEST_FEATURES: Final[tuple[str, ...]] = (
 )
 """Columns :func:`request_features` adds; the per-size ones depend on ``size_index``."""
 
+Table = TypeVar("Table", pd.DataFrame, dict[str, np.ndarray])
+"""Rows as a DataFrame, or as a dict of equal-length 1-D arrays (column name -> values).
+
+The functions below take either and return the same kind: a dict skips pandas' per-call
+overhead, which dominates for the handful of rows of one online request; the arithmetic is
+the same code either way."""
+
+
 PER_SIZE_FEATURES: Final[tuple[str, ...]] = (
     "size_index",
     "size_pos",
@@ -83,7 +91,7 @@ def chart_pick(body_cm: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.nda
     return pos
 
 
-def chart_features(frame: pd.DataFrame) -> pd.DataFrame:
+def chart_features(frame: Table) -> Table:
     """Place each row's ``size_index`` and the shopper's girth on the product's size chart.
 
     ``frame`` needs ``product_id``, ``size_index``, the ``chart_*`` product features and the
@@ -91,43 +99,85 @@ def chart_features(frame: pd.DataFrame) -> pd.DataFrame:
     needs, gets NaN where the chart is needed; the models treat NaN as unknown.
 
     Returns:
-        A frame on ``frame``'s index with ``n_sizes``, ``size_pos`` (position among the
-        product's sizes), ``body_cm``, ``chart_pick`` (the size index the chart picks for the
-        girth) and ``ease_cm`` (middle of the size's published range minus the girth).
+        A frame on ``frame``'s index (a dict of arrays for a dict) with ``n_sizes``,
+        ``size_pos`` (position among the product's sizes), ``body_cm``, ``chart_pick`` (the
+        size index the chart picks for the girth) and ``ease_cm`` (middle of the size's
+        published range minus the girth).
     """
-    n = len(frame)
-    size_index = frame["size_index"].to_numpy(dtype=float)
+    n = _n_rows(frame)
+    size_index = _values(frame, "size_index", float)
     n_sizes = np.full(n, np.nan)
     size_pos = np.full(n, np.nan)
     body = np.full(n, np.nan)
     pick = np.full(n, np.nan)
     ease = np.full(n, np.nan)
 
-    for rows in frame.groupby("product_id", sort=False).indices.values():
-        first = rows[0]
-        indices = _as_array(frame["chart_index"].iat[first])
-        if indices.size == 0:
-            continue
-        n_sizes[rows] = indices.size
-        size_pos[rows] = size_index[rows] - indices[0]
-        column = BODY_COLUMN.get(str(frame["chart_dimension"].iat[first]))
-        if column is None or column not in frame:
-            continue
-        low = _as_array(frame["chart_low"].iat[first])
-        high = _as_array(frame["chart_high"].iat[first])
-        girth = frame[column].to_numpy(dtype=float)[rows]
-        pos = chart_pick(girth, low, high)
-        known = ~np.isnan(pos)
-        picked = np.full(rows.size, np.nan)
-        picked[known] = indices[pos[known].astype(int)]
-        body[rows] = girth
-        pick[rows] = picked
-        where = np.clip(np.searchsorted(indices, size_index[rows]), 0, indices.size - 1)
-        on_chart = indices[where] == size_index[rows]
-        mid = (low + high) / 2.0
-        ease[rows] = np.where(on_chart, mid[where] - girth, np.nan)
+    # One chart per product, read from the product's first row; rows are then placed on
+    # their product's chart all at once, by searching flattened (product, value) keys.
+    codes, _ = pd.factorize(frame["product_id"], use_na_sentinel=True)
+    n_products = int(codes.max()) + 1 if n else 0
+    first = np.full(n_products, -1, dtype=np.int64)
+    rows_with_product = np.flatnonzero(codes >= 0)
+    first[codes[rows_with_product[::-1]]] = rows_with_product[::-1]
+    index_col, low_col, high_col = (
+        _values(frame, c, object) for c in ("chart_index", "chart_low", "chart_high")
+    )
+    dimension_col = _values(frame, "chart_dimension", object)
+    charts = [_as_array(index_col[f]) for f in first]
+    lengths = np.array([c.size for c in charts], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if n_products == 0 or lengths.sum() == 0:
+        return _like(
+            frame,
+            {
+                "n_sizes": n_sizes,
+                "size_pos": size_pos,
+                "body_cm": body,
+                "chart_pick": pick,
+                "ease_cm": ease,
+            },
+        )
+    flat_index = np.concatenate(charts)
+    flat_low = np.concatenate(
+        [_as_array(low_col[f]) if k else np.empty(0) for f, k in zip(first, lengths, strict=True)]
+    )
+    flat_high = np.concatenate(
+        [_as_array(high_col[f]) if k else np.empty(0) for f, k in zip(first, lengths, strict=True)]
+    )
+    owner = np.repeat(np.arange(n_products), lengths)
 
-    return pd.DataFrame(
+    has = codes >= 0
+    has[has] = lengths[codes[has]] > 0
+    c = codes[has]
+    k = lengths[c]
+    n_sizes[has] = k
+    size_pos[has] = size_index[has] - flat_index[starts[c]]
+
+    girth = np.full(n, np.nan)
+    product_dimension = np.array([str(dimension_col[f]) for f in first], dtype=object)
+    row_dimension = np.where(codes >= 0, product_dimension[np.maximum(codes, 0)], None)
+    for dimension, column in BODY_COLUMN.items():
+        if column in frame:
+            mask = has & (row_dimension == dimension)
+            girth[mask] = _values(frame, column, float)[mask]
+    g = girth[has]
+    pos = _search(owner, flat_high, c, g, side="right") - starts[c]
+    pos = np.clip(pos, 0, k - 1)
+    known = ~np.isnan(g)
+    picked = np.full(c.size, np.nan)
+    picked[known] = flat_index[starts[c][known] + pos[known]]
+    body[has] = g
+    pick[has] = picked
+    s = size_index[has]
+    where = np.clip(_search(owner, flat_index, c, s, side="left") - starts[c], 0, k - 1)
+    at = starts[c] + where
+    on_chart = flat_index[at] == s
+    mid = (flat_low[at] + flat_high[at]) / 2.0
+    with np.errstate(invalid="ignore"):
+        ease[has] = np.where(on_chart, mid - g, np.nan)
+
+    return _like(
+        frame,
         {
             "n_sizes": n_sizes,
             "size_pos": size_pos,
@@ -135,35 +185,69 @@ def chart_features(frame: pd.DataFrame) -> pd.DataFrame:
             "chart_pick": pick,
             "ease_cm": ease,
         },
-        index=frame.index,
     )
 
 
-def request_features(frame: pd.DataFrame) -> pd.DataFrame:
+_KEY_SPAN: Final = float(2**12)
+"""Values searched on a chart must lie within +-half of this (cm or size indices)."""
+
+
+def _search(
+    owner: np.ndarray,
+    flat: np.ndarray,
+    codes: np.ndarray,
+    values: np.ndarray,
+    side: Literal["left", "right"],
+) -> np.ndarray:
+    """``searchsorted`` of each value within its own product's ascending chart values.
+
+    ``flat`` is every product's values concatenated (``owner`` names each one's product);
+    keys ``product * span + value`` keep the products apart in one sorted array. Returns
+    positions in ``flat`` (NaN values sort last).
+    """
+    half = _KEY_SPAN / 2 - 1
+    keys = owner * _KEY_SPAN + np.clip(flat, -half, half)
+    queries = codes * _KEY_SPAN + np.clip(values, -half, half)
+    return np.searchsorted(keys, queries, side=side).astype(np.int64)
+
+
+def request_features(frame: Table) -> Table:
     """Add the request-time features (:data:`REQUEST_FEATURES`) to ``frame``.
 
     ``frame`` holds one row per (shopper, product, candidate size) with the Feast features of
     the ``fitml`` feature service (``chart_*``, ``user_*``, ``hist_*``, ``pstat_*``,
     ``product_size_system``), ``product_id`` and the candidate's ``size_index``.
 
+    ``frame`` may also be a dict of equal-length 1-D arrays (the fast path for a few rows);
+    the result is then a new dict, with the same values as for the equivalent frame.
+
     Returns:
-        A new frame: ``frame``'s columns plus the request-time features.
+        A new frame (or dict): ``frame``'s columns plus the request-time features.
     """
-    out = frame.copy()
-    for column in STRING_FEATURES:
-        if column in out:
-            out[column] = out[column].where(out[column].notna(), UNKNOWN).astype(object)
+    out: Any
+    if isinstance(frame, pd.DataFrame):
+        out = frame.copy(deep=False)  # columns are replaced, never written into
+        for column in STRING_FEATURES:
+            if column in out:
+                out[column] = out[column].where(out[column].notna(), UNKNOWN).astype(object)
+    else:
+        out = dict(frame)
+        for column in STRING_FEATURES:
+            if column in out:
+                values = np.array(out[column], dtype=object)
+                values[pd.isna(values)] = UNKNOWN
+                out[column] = values
     chart = chart_features(out)
-    size_index = out["size_index"].to_numpy(dtype=float)
-    pick = chart["chart_pick"].to_numpy()
+    size_index = _values(out, "size_index", float)
+    pick = _values(chart, "chart_pick", float)
     usual = _usual_index(out)
-    offset = out["hist_mean_offset"].to_numpy(dtype=float)
-    product_offset = out["pstat_mean_offset"].to_numpy(dtype=float)
+    offset = _values(out, "hist_mean_offset", float)
+    product_offset = _values(out, "pstat_mean_offset", float)
     shift = np.where(np.isnan(offset), np.nan_to_num(product_offset), offset)
     expected = np.where(np.isnan(pick), usual, pick + shift)
 
     out["size_index"] = size_index
-    for column in chart.columns:
+    for column in chart:
         out[column] = chart[column]
     out["size_rel_chart"] = size_index - pick
     out["usual_index"] = usual
@@ -179,15 +263,36 @@ def implied_index(size_index: np.ndarray, outcomes: Sequence[str] | pd.Series) -
     return np.asarray(size_index, dtype=float) + steps
 
 
-def _usual_index(frame: pd.DataFrame) -> np.ndarray:
-    system = frame["product_size_system"].astype(object).to_numpy()
-    usual = np.full(len(frame), np.nan)
+def _usual_index(frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+    system = _values(frame, "product_size_system", object)
+    usual = np.full(_n_rows(frame), np.nan)
     for name in CATALOGUE_SYSTEMS:
         column = f"hist_usual_{name}"
         if column in frame:
             mask = system == name
-            usual[mask] = frame[column].to_numpy(dtype=float)[mask]
+            usual[mask] = _values(frame, column, float)[mask]
     return usual
+
+
+def _values(frame: pd.DataFrame | Mapping[str, Any], column: str, dtype: Any) -> np.ndarray:
+    """One column of a frame or a dict of arrays as a 1-D numpy array of ``dtype``."""
+    values = frame[column]
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype=dtype)
+    return np.asarray(values, dtype=dtype)
+
+
+def _n_rows(frame: pd.DataFrame | Mapping[str, Any]) -> int:
+    if isinstance(frame, pd.DataFrame):
+        return len(frame)
+    return len(next(iter(frame.values()))) if frame else 0
+
+
+def _like(frame: Table, columns: dict[str, np.ndarray]) -> Table:
+    """``columns`` as the kind of table ``frame`` is (a frame on its index, or a dict)."""
+    if isinstance(frame, pd.DataFrame):
+        return pd.DataFrame(columns, index=frame.index)
+    return columns
 
 
 def _as_array(value: object) -> np.ndarray:
