@@ -9,7 +9,7 @@ PORT     ?= 3000
 # pip here is configured with extra local indexes that may be absent; keep its output quiet.
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
-.PHONY: help setup lock demo test test-fast lint serve bench clean
+.PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,9 +45,19 @@ lint: setup ## ruff (lint + format check) and mypy
 serve: setup ## Serve the prediction service from $(WORKDIR) on 127.0.0.1:$(PORT)
 	$(VENV)/bin/fitml serve --workdir $(WORKDIR) --port $(PORT)
 
-bench: setup ## Run the benchmarks; JSON results under $(WORKDIR)/bench/
+bench: setup ## Benchmarks (needs `make demo` first); JSON results under $(WORKDIR)/bench/
 	mkdir -p $(WORKDIR)/bench
-	FITML_BENCH_DIR=$(abspath $(WORKDIR))/bench $(VENV)/bin/pytest -q -m benchmark tests/benchmarks -s -p no:cacheprovider
+	$(PY) -m tests.benchmarks.bench_features --out $(WORKDIR)/bench/features.json \
+		--workdir $(WORKDIR)/bench/features-work
+	FITML_BENCH_DIR=$(abspath $(WORKDIR))/bench FITML_BENCH_WORKDIR=$(abspath $(WORKDIR)) \
+		$(VENV)/bin/pytest -q -m benchmark tests/benchmarks -s -p no:cacheprovider
+
+drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds (~20 min)
+	$(PY) -m evaluation.calibrate_drift --out $(WORKDIR)/bench/drift_calibration.json
+
+benchmark-rtr: setup ## The public RentTheRunway benchmark on the development copy
+	$(VENV)/bin/fitml benchmark renttherunway --train ../shared/data/renttherunway/rtr_dev.jsonl.gz \
+		--json $(WORKDIR)/bench/renttherunway.json
 
 clean: ## Remove the work directory (keeps .venv)
 	rm -rf $(WORKDIR)

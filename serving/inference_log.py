@@ -1,66 +1,168 @@
 """The inference log: every answer's features, prediction and model versions, off the hot path.
 
-Records are queued by the request handler and written by a background thread as JSON lines,
-one file per UTC day under the log directory, so monitoring and feedback can join on
-``request_id``. Nothing that identifies a shopper is written but the hashed user id.
+The request handler only appends a tuple to a deque (no lock, no thread wake-up: waking the
+writer per record made it compete with the handler for the GIL); one background thread wakes
+every ``interval`` seconds, converts and writes the records as JSON lines, one file per UTC
+day (a new part once a file passes ``max_bytes``) under the log directory, so monitoring and
+feedback can join on ``request_id``.
+Nothing that identifies a shopper is written but the hashed user id: the ``user_id`` and
+``product_id`` join keys are dropped from the features, and no free text (fit notes) is kept.
 """
 
 from __future__ import annotations
 
 import json
-import queue
+import math
 import threading
+from collections import deque
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _STOP = object()
+_IDENTIFIERS = frozenset({"user_id", "product_id"})
+
+OnRecord = Callable[[dict[str, Any], Any], None]
+"""Called by the writer thread with each record and its ``shadow`` payload before writing."""
 
 
 class InferenceLog:
-    """A buffered, daily-rotated JSON-lines log written by one background thread."""
+    """A buffered, rotated JSON-lines log written by one background thread.
 
-    def __init__(self, directory: Path, max_queue: int = 100_000) -> None:
+    Args:
+        directory: where the ``inferences-<day>[-<part>].jsonl`` files go.
+        max_queue: records waiting at most; more are dropped (and counted) rather than
+            slowing requests down.
+        max_bytes: start a new part of the day's file beyond this size.
+        on_record: optional hook run in the writer thread (e.g. shadow scoring).
+        interval: seconds between the writer's rounds.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_queue: int = 100_000,
+        max_bytes: int = 64 * 2**20,
+        on_record: OnRecord | None = None,
+        interval: float = 0.2,
+    ) -> None:
         self.directory = Path(directory)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self.max_bytes = max_bytes
+        self.on_record = on_record
+        self.interval = interval
+        self._queue: deque[Any] = deque()
+        self._max_queue = max_queue
+        self._wake = threading.Event()
         self.dropped = 0
+        self.written = 0
+        self.errors = 0
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Queue one record (stamped now); counts it in ``dropped`` if the queue is full."""
-        record = {"logged_at": datetime.now(UTC).isoformat(), **record}
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
+    def append(
+        self,
+        record: dict[str, Any],
+        *,
+        features: Mapping[str, Any] | None = None,
+        shadow: Any = None,
+    ) -> None:
+        """Queue one record with the features it was answered from (converted later).
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every queued record is on disk."""
+        Counts the record in ``dropped`` instead when the writer is ``max_queue`` behind.
+        """
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            return
+        self._queue.append((datetime.now(UTC), record, features, shadow))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every record queued so far is on disk; False on timeout."""
         done = threading.Event()
-        self._queue.put(done)
-        done.wait(timeout)
+        self._queue.append(done)
+        self._wake.set()
+        return done.wait(timeout)
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""
-        self._queue.put(_STOP)
+        self._queue.append(_STOP)
+        self._wake.set()
         self._thread.join(timeout=10)
+
+    def path_for(self, day: str) -> Path:
+        """The file records of ``day`` (``YYYY-MM-DD``) go to now."""
+        part = 0
+        while True:
+            name = f"inferences-{day}.jsonl" if part == 0 else f"inferences-{day}-{part}.jsonl"
+            path = self.directory / name
+            if not path.exists() or path.stat().st_size < self.max_bytes:
+                return path
+            part += 1
 
     def _run(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         while True:
-            item = self._queue.get()
-            batch = [item]
-            while not self._queue.empty() and len(batch) < 1000:
-                batch.append(self._queue.get_nowait())
-            records = [b for b in batch if isinstance(b, dict)]
-            if records:
-                day = records[0]["logged_at"][:10]
-                with (self.directory / f"inferences-{day}.jsonl").open("a") as handle:
-                    for record in records:
-                        handle.write(json.dumps(record, default=str) + "\n")
-            for b in batch:
-                if isinstance(b, threading.Event):
-                    b.set()
-            if any(b is _STOP for b in batch):
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            batch = []
+            while self._queue:
+                batch.append(self._queue.popleft())
+            lines: dict[str, list[str]] = {}
+            for item in batch:
+                if isinstance(item, tuple):
+                    try:
+                        day, line = self._line(*item)
+                    except Exception:  # a record must never kill the writer
+                        self.errors += 1
+                        continue
+                    lines.setdefault(day, []).append(line)
+            for day, day_lines in lines.items():
+                with self.path_for(day).open("a", encoding="utf-8") as handle:
+                    handle.write("".join(day_lines))
+                self.written += len(day_lines)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+            if any(item is _STOP for item in batch):
                 return
+
+    def _line(
+        self,
+        at: datetime,
+        record: dict[str, Any],
+        features: Mapping[str, Any] | None,
+        shadow: Any,
+    ) -> tuple[str, str]:
+        if self.on_record is not None and shadow is not None:
+            self.on_record(record, shadow)
+        out = {"logged_at": at.isoformat(), **record}
+        if features is not None:
+            out["features"] = loggable(features)
+        return at.date().isoformat(), json.dumps(out, default=_jsonable) + "\n"
+
+
+def loggable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Feature values fit for the inference log: no identifiers, plain JSON values."""
+    return {k: _plain(v) for k, v in row.items() if k not in _IDENTIFIERS}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

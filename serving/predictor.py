@@ -1,25 +1,31 @@
 """The prediction path behind the service: online features + champion models + recommend().
 
-:class:`Predictor` is plain Python (no web framework), so the BentoML service, benchmarks and
-tests share it. It loads the models by registered name and alias, never by file path.
+:class:`Predictor` is plain Python (no web framework), so the BentoML service, the benchmark
+floors and tests share it. Models come by registered name and alias: from the MLflow registry
+(:meth:`Predictor.load`) or from the BentoML model store the service declares
+(:mod:`serving.bento_models`), never from a file path.
+
+The hot path works on numpy arrays end to end: the online row is read with
+:class:`serving.online_features.OnlineReader`, expanded to one row per size and scored by
+:func:`serving.recommend.recommend_rows` (the same code evaluation runs on frames).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
-import pandas as pd
 
-from features.store import online_features, open_store
-from features.transforms import request_features
 from ml_pipeline.settings import Settings
 from serving.inference_log import InferenceLog
-from serving.recommend import Recommendation, recommend_frame
+from serving.recommend import Recommendation, recommend_rows
 from serving.schemas import (
     FitPrediction,
     FitQuery,
@@ -27,8 +33,14 @@ from serving.schemas import (
     RecommendResponse,
     SizeProbabilities,
 )
-from training import registry
-from training.models import FitModel, SizeModel
+
+if TYPE_CHECKING:
+    from serving.online_features import OnlineReader
+    from training.models import FitModel, SizeModel
+
+Variant = Literal["champion", "challenger"]
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
 
 
 class UnknownProductError(KeyError):
@@ -62,34 +74,111 @@ class LoadedModels:
     versions: dict[str, str]
 
 
+def load_registered(settings: Settings, alias: str) -> LoadedModels | None:
+    """Both models registered under ``alias`` in the MLflow registry (None if either lacks it).
+
+    Imports MLflow: for tools, tests and the benchmark floors; the service itself loads from
+    the BentoML model store.
+    """
+    from training import registry
+    from training.models import FitModel, SizeModel
+
+    registry.configure(settings)
+    names = (settings.mlflow.fit_model_name, settings.mlflow.size_model_name)
+    if any(registry.alias_version(name, alias) is None for name in names):
+        return None
+    fit, fit_version = registry.load_model(names[0], alias)
+    size, size_version = registry.load_model(names[1], alias)
+    if not isinstance(fit, FitModel) or not isinstance(size, SizeModel):
+        raise TypeError(f"{names} @{alias} are not a fit and a size model")
+    return LoadedModels(fit, size, {"fit_model": fit_version, "size_model": size_version})
+
+
 class Predictor:
-    """Answers recommendation and fit queries from the feature store and the champion models."""
+    """Answers recommendation and fit queries from the feature store and the loaded models.
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        settings: the run's settings (work directory, feature store, serving options).
+        challenger_share: share of shoppers (sticky per hashed user id; guests per request)
+            answered by the challenger; default from ``settings.serving``.
+        shadow: score the challenger beside the champion for every request, off the hot path
+            (in the inference-log writer), while the champion answers.
+        now: the clock for feature freshness (tests pin it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        challenger_share: float | None = None,
+        shadow: bool = False,
+        now: Any = None,
+    ) -> None:
         self.settings = settings
+        share = settings.serving.challenger_share if challenger_share is None else challenger_share
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"challenger_share must be within [0, 1], got {share}")
+        self.challenger_share = share
+        self.shadow = shadow
+        self._now = now or (lambda: datetime.now(UTC))
+        self._random = random.Random()
 
-    def load(self) -> Predictor:
-        """Load the champion models and open the feature store; returns ``self``."""
-        registry.configure(self.settings)
-        fit, fit_version = registry.load_model(self.settings.mlflow.fit_model_name)
-        size, size_version = registry.load_model(self.settings.mlflow.size_model_name)
-        assert isinstance(fit, FitModel) and isinstance(size, SizeModel)
-        self.champion_ = LoadedModels(
-            fit, size, {"fit_model": fit_version, "size_model": size_version}
-        )
+    def load(
+        self,
+        champion: LoadedModels | None = None,
+        challenger: LoadedModels | None = None,
+    ) -> Predictor:
+        """Load the models (default: champion and challenger from the registry), open the store.
+
+        Returns:
+            ``self``.
+        """
+        from features.store import open_store
+        from serving.online_features import OnlineReader
+
+        if champion is None:
+            champion = load_registered(self.settings, CHAMPION)
+            if champion is None:
+                raise LookupError(
+                    f"no champion of {self.settings.mlflow.fit_model_name} and "
+                    f"{self.settings.mlflow.size_model_name}; run `fitml train` and promote"
+                )
+            if challenger is None and (self.challenger_share > 0 or self.shadow):
+                challenger = load_registered(self.settings, CHALLENGER)
+        self.variants_: dict[str, LoadedModels] = {CHAMPION: champion}
+        if challenger is not None:
+            self.variants_[CHALLENGER] = challenger
         self.store_ = open_store(self.settings)
-        self.log_ = InferenceLog(self.settings.inference_log_dir)
+        self.reader_: OnlineReader = OnlineReader(self.store_)
+        self.log_ = InferenceLog(self.settings.inference_log_dir, on_record=self._shadow_score)
         return self
+
+    @property
+    def champion_(self) -> LoadedModels:
+        """The champion's models."""
+        return self.variants_[CHAMPION]
 
     @property
     def ready(self) -> bool:
         """Whether models and the feature store are loaded."""
-        return hasattr(self, "champion_") and hasattr(self, "store_")
+        return hasattr(self, "variants_") and hasattr(self, "reader_")
 
     def close(self) -> None:
-        """Flush the inference log."""
+        """Flush the inference log and stop its writer."""
         if hasattr(self, "log_"):
             self.log_.close()
+
+    def warm_up(self, product_id: str | None = None, n: int = 20) -> None:
+        """Run a few predictions so lazily built state exists before the first request."""
+        if product_id is None:
+            return
+        for i in range(n):
+            try:
+                self.recommend(product_id, None if i % 2 else "warm-up", log=False)
+            except UnknownProductError:
+                return
+
+    # -- features ---------------------------------------------------------------------------
 
     def feature_row(
         self,
@@ -100,13 +189,19 @@ class Predictor:
     ) -> tuple[dict[str, Any], list[str]]:
         """Online features for one (shopper, product), request values applied, and fallbacks.
 
+        Values of a view older than its maximum age are dropped as if missing, and the answer
+        says so (:func:`features.freshness.enforce_freshness`, the rule training's join uses).
+
         Raises:
             UnknownProductError: the product has no size chart online.
         """
-        row = online_features(self.store_, user_id, product_id)
+        from features.freshness import enforce_freshness
+
+        read = self.reader_.read(user_id, product_id)
+        row, fallbacks = enforce_freshness(read.values, self._now(), read.event_times)
         if not row.get("chart_index"):
             raise UnknownProductError(product_id)
-        fallbacks: list[str] = []
+        stale = list(fallbacks)
         if measurements is not None:
             for name, value in measurements.model_dump().items():
                 if value is not None:
@@ -115,16 +210,26 @@ class Predictor:
             row["user_fit_preference"] = fit_preference
         if not user_id:
             fallbacks.append("guest: no fit history")
-        elif row.get("user_height_cm") is None and row.get("hist_n") is None:
+        elif row.get("user_height_cm") is None and row.get("hist_n") is None and not stale:
             fallbacks.append("unknown user: no profile or fit history")
-        elif row.get("hist_n") is None:
+        elif row.get("hist_n") is None and not any("fit history" in f for f in stale):
             fallbacks.append("new user: no fit history")
         dimension = row.get("chart_dimension")
         if dimension and row.get(f"user_{dimension}_cm") is None:
             fallbacks.append(f"no {dimension} measurement: size chart not used")
-        if row.get("pstat_n") is None:
+        if row.get("pstat_n") is None and not any("product fit" in f for f in stale):
             fallbacks.append("new product: no fit feedback yet")
         return row, fallbacks
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def variant_for(self, user_hash: str | None) -> Variant:
+        """Which variant answers: sticky per hashed user, random per request for guests."""
+        if CHALLENGER not in self.variants_ or self.shadow or self.challenger_share <= 0:
+            return CHAMPION
+        sticky = user_hash is not None
+        draw = int(user_hash[:8], 16) / 0xFFFFFFFF if sticky else self._random.random()  # type: ignore[index]
+        return CHALLENGER if draw < self.challenger_share else CHAMPION
 
     def recommend(
         self,
@@ -132,42 +237,84 @@ class Predictor:
         user_id: str | None = None,
         measurements: Measurements | None = None,
         fit_preference: str | None = None,
+        *,
+        log: bool = True,
     ) -> RecommendResponse:
-        """Recommend a size of ``product_id`` for a shopper (known user or guest)."""
+        """Recommend a size of ``product_id`` for a shopper (known user or guest).
+
+        Raises:
+            UnknownProductError: the product has no size chart online.
+        """
+        started = time.perf_counter()
         row, fallbacks = self.feature_row(user_id, product_id, measurements, fit_preference)
-        models = self.champion_
-        frame = pd.DataFrame([row])
-        rec = recommend_frame(frame, models.fit, models.size, [fallbacks])[0]
-        assert rec is not None  # the product has a chart: feature_row checked
-        response = to_response(rec, models.versions, uuid.uuid4().hex)
-        self.log_.append(
-            {
-                "request_id": response.request_id,
-                "user_hash": hash_user(user_id),
-                "product_id": product_id,
-                "features": _loggable(row),
-                "recommended_size": rec.recommended_size,
-                "confidence": rec.confidence,
-                "fallbacks": fallbacks,
-                "model_versions": models.versions,
-                "variant": response.variant,
-            }
-        )
+        user_hash = hash_user(user_id)
+        variant = self.variant_for(user_hash)
+        models = self.variants_[variant]
+        columns = _columns([row])
+        rec = recommend_rows(columns, models.fit, models.size, [fallbacks])[0]
+        if rec is None:  # the product has a chart: feature_row checked
+            raise UnknownProductError(product_id)
+        response = to_response(rec, models.versions, uuid.uuid4().hex, variant)
+        if log:
+            self.log_.append(
+                {
+                    "request_id": response.request_id,
+                    "endpoint": "recommend",
+                    "user_hash": user_hash,
+                    "product_id": product_id,
+                    "variant": variant,
+                    "model_versions": models.versions,
+                    "recommended_size": rec.recommended_size,
+                    "recommended_index": rec.recommended_index,
+                    "expected_index": rec.expected_index,
+                    "confidence": rec.confidence,
+                    "fallbacks": list(rec.fallbacks),
+                    "sizes": [[s.size, s.p_too_small, s.p_fit, s.p_too_large] for s in rec.sizes],
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+                features=row,
+                shadow=columns if self.shadow and CHALLENGER in self.variants_ else None,
+            )
         return response
 
-    def predict_fit(self, queries: list[FitQuery]) -> list[FitPrediction]:
-        """Probabilities of too small / fit / too large for each (shopper, product, size)."""
+    def predict_fit(self, queries: Sequence[FitQuery]) -> list[FitPrediction]:
+        """Probabilities of too small / fit / too large for each (shopper, product, size).
+
+        Raises:
+            UnknownProductError: a product has no size chart online.
+            UnknownSizeError: a size the product does not offer (naming the row).
+        """
+        from features.transforms import request_features
+
+        if not queries:
+            return []
         rows = []
-        for query in queries:
+        for i, query in enumerate(queries):
             row, _ = self.feature_row(query.user_id, query.product_id, query.measurements, None)
             sizes = [str(v) for v in row["chart_sizes"]]
             if query.size not in sizes:
                 raise UnknownSizeError(
-                    f"size {query.size!r} is not offered for product {query.product_id!r}; "
-                    f"use one of {', '.join(sizes)}"
+                    f"[{i}].size: {query.size!r} is not offered for product "
+                    f"{query.product_id!r}; use one of {', '.join(sizes)}"
                 )
-            rows.append({**row, "size_index": row["chart_index"][sizes.index(query.size)]})
-        proba = self.champion_.fit.predict_proba(request_features(pd.DataFrame(rows)))
+            rows.append({**row, "size_index": float(row["chart_index"][sizes.index(query.size)])})
+        champion = self.champion_
+        proba = champion.fit.predict_proba(request_features(_columns(rows)))
+        request_id = uuid.uuid4().hex
+        for query, row, p in zip(queries, rows, proba, strict=True):
+            self.log_.append(
+                {
+                    "request_id": request_id,
+                    "endpoint": "predict_fit",
+                    "user_hash": hash_user(query.user_id),
+                    "product_id": query.product_id,
+                    "size": query.size,
+                    "variant": CHAMPION,
+                    "model_versions": champion.versions,
+                    "p": [float(v) for v in p],
+                },
+                features=row,
+            )
         return [
             FitPrediction(
                 product_id=q.product_id,
@@ -179,18 +326,47 @@ class Predictor:
             for q, p in zip(queries, proba, strict=True)
         ]
 
+    def _shadow_score(self, record: dict[str, Any], shadow: Any) -> None:
+        """Score the challenger for a logged request (runs in the log writer thread)."""
+        if shadow is None or CHALLENGER not in self.variants_:
+            return
+        models = self.variants_[CHALLENGER]
+        rec = recommend_rows(shadow, models.fit, models.size, [record["fallbacks"]])[0]
+        if rec is not None:
+            record["shadow"] = {
+                "variant": CHALLENGER,
+                "model_versions": models.versions,
+                "recommended_size": rec.recommended_size,
+                "confidence": rec.confidence,
+            }
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows of feature values as a dict of 1-D object arrays (lists stay one cell each)."""
+    out: dict[str, np.ndarray] = {}
+    n = len(rows)
+    for name in rows[0]:
+        column = np.empty(n, dtype=object)
+        for i, row in enumerate(rows):
+            column[i] = row.get(name)
+        out[name] = column
+    return out
+
 
 def to_response(
-    rec: Recommendation, versions: Mapping[str, str], request_id: str
+    rec: Recommendation,
+    versions: Mapping[str, str],
+    request_id: str,
+    variant: Variant = CHAMPION,
 ) -> RecommendResponse:
     """The HTTP body of a recommendation."""
-    return RecommendResponse(
+    return RecommendResponse.model_construct(
         recommended_size=rec.recommended_size,
         confidence=rec.confidence,
         runner_up=rec.runner_up,
         fit_note=rec.fit_note,
         sizes=[
-            SizeProbabilities(
+            SizeProbabilities.model_construct(
                 size=s.size, p_too_small=s.p_too_small, p_fit=s.p_fit, p_too_large=s.p_too_large
             )
             for s in rec.sizes
@@ -198,16 +374,5 @@ def to_response(
         model_versions=dict(versions),
         request_id=request_id,
         fallbacks=list(rec.fallbacks),
+        variant=variant,
     )
-
-
-def _loggable(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Feature values fit for the inference log: no identifiers, arrays as lists."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in ("user_id", "product_id"):
-            continue
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        out[key] = value
-    return out

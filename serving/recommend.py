@@ -3,13 +3,14 @@
 :func:`recommend` turns the fit model's probabilities for every size of a product and the size
 model's estimate into the answer a shopper sees. :func:`recommend_frame` runs the whole path
 (candidate sizes -> request-time features -> both models -> :func:`recommend`) for any number
-of (shopper, product) rows of feature-service values; the prediction service calls it with one
-row, evaluation with thousands.
+of (shopper, product) rows of feature-service values; evaluation calls it with thousands of
+rows, the prediction service calls :func:`recommend_rows`, the same code on a dict of arrays,
+with one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -28,7 +29,7 @@ DIMENSION_WORDS: Final = {"chest": "the chest", "waist": "the waist", "hips": "t
 class FitPredictor(Protocol):
     """What :func:`recommend_frame` needs of a fit model."""
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, frame: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
         """Return (n, 3) outcome probabilities."""
         ...
 
@@ -36,7 +37,7 @@ class FitPredictor(Protocol):
 class SizePredictor(Protocol):
     """What :func:`recommend_frame` needs of a size model."""
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict(self, frame: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
         """Return the best size index per row."""
         ...
 
@@ -75,8 +76,8 @@ class NoSizesError(ValueError):
 
 
 def recommend(
-    sizes: Sequence[str],
-    size_indices: Sequence[int],
+    sizes: Sequence[str] | np.ndarray,
+    size_indices: Sequence[int] | np.ndarray,
     proba: np.ndarray,
     expected_index: float | None,
     *,
@@ -156,18 +157,26 @@ def candidate_frame(rows: pd.DataFrame) -> pd.DataFrame:
     ``product_id``; the result adds ``row`` (the position in ``rows``), ``size`` and
     ``size_index``.
     """
-    counts = rows["chart_index"].map(lambda v: 0 if v is None else len(v)).to_numpy()
-    expanded = rows.loc[rows.index.repeat(counts)].copy()
-    expanded["row"] = np.repeat(np.arange(len(rows)), counts)
-    expanded["size"] = np.concatenate(
+    columns = candidate_columns({c: rows[c].to_numpy() for c in rows.columns})
+    return pd.DataFrame(columns)
+
+
+def candidate_columns(rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`candidate_frame` for rows given as a dict of equal-length 1-D arrays."""
+    chart_index = rows["chart_index"]
+    counts = np.fromiter((0 if v is None else len(v) for v in chart_index), dtype=np.int64)
+    row = np.repeat(np.arange(len(counts)), counts)
+    out = {name: np.asarray(values)[row] for name, values in rows.items()}
+    out["row"] = row
+    out["size"] = np.concatenate(
         [np.asarray(v, dtype=object) for v in rows["chart_sizes"] if v is not None and len(v)]
         or [np.empty(0, dtype=object)]
     )
-    expanded["size_index"] = np.concatenate(
-        [np.asarray(v, dtype=float) for v in rows["chart_index"] if v is not None and len(v)]
+    out["size_index"] = np.concatenate(
+        [np.asarray(v, dtype=float) for v in chart_index if v is not None and len(v)]
         or [np.empty(0)]
     )
-    return expanded.reset_index(drop=True)
+    return out
 
 
 def recommend_frame(
@@ -181,27 +190,54 @@ def recommend_frame(
     Returns:
         One recommendation per row, ``None`` for a product without a size chart.
     """
-    rows = rows.reset_index(drop=True)
-    candidates = request_features(candidate_frame(rows))
-    if candidates.empty:
-        return [None] * len(rows)
+    return recommend_rows(
+        {c: rows[c].to_numpy() for c in rows.columns}, fit_model, size_model, fallbacks
+    )
+
+
+def recommend_rows(
+    rows: Mapping[str, np.ndarray],
+    fit_model: FitPredictor,
+    size_model: SizePredictor,
+    fallbacks: Sequence[Sequence[str]] | None = None,
+) -> list[Recommendation | None]:
+    """:func:`recommend_frame` for rows given as a dict of equal-length 1-D arrays.
+
+    The whole path (candidate sizes, request-time features, both models, :func:`recommend`)
+    runs on numpy arrays, which is what makes one online request cheap; a frame goes through
+    the very same code.
+    """
+    n = len(rows["chart_index"])
+    candidates = request_features(candidate_columns(rows))
+    row = candidates["row"]
+    if row.size == 0:
+        return [None] * n
     proba = fit_model.predict_proba(candidates)
-    base = request_features(rows.assign(size_index=np.nan))
-    expected = size_model.predict(base)
-    groups = candidates.groupby("row", sort=False).indices
+    # The size model's inputs do not depend on the candidate size: each row's first
+    # candidate carries exactly the values of the row itself (size_index unset).
+    starts = np.searchsorted(row, np.arange(n), side="left")
+    ends = np.searchsorted(row, np.arange(n), side="right")
+    has = ends > starts
+    first = {name: values[starts[has]] for name, values in candidates.items()}
+    first["size_index"] = np.full(int(has.sum()), np.nan)
+    expected = np.full(n, np.nan)
+    expected[has] = size_model.predict(request_features(first))
+    sizes = candidates["size"]
+    size_index = candidates["size_index"].astype(int)
+    dimension = rows["chart_dimension"]
     out: list[Recommendation | None] = []
-    for i in range(len(rows)):
-        at = groups.get(i)
-        if at is None:
+    for i in range(n):
+        if not has[i]:
             out.append(None)
             continue
+        at = slice(int(starts[i]), int(ends[i]))
         out.append(
             recommend(
-                candidates["size"].to_numpy()[at],
-                candidates["size_index"].to_numpy()[at].astype(int),
+                sizes[at],
+                size_index[at],
                 proba[at],
                 float(expected[i]),
-                dimension=str(rows["chart_dimension"].iat[i]),
+                dimension=str(dimension[i]),
                 fallbacks=() if fallbacks is None else fallbacks[i],
             )
         )

@@ -69,14 +69,50 @@ class TabularEncoder:
             values = frame[column] if column in frame else pd.Series(np.nan, index=frame.index)
             if column in self.categories_:
                 data[column] = pd.Categorical(
-                    values.astype(object).where(values.notna(), None).map(
-                        lambda v: None if v is None else str(v)
-                    ),
+                    values.astype(object)
+                    .where(values.notna(), None)
+                    .map(lambda v: None if v is None else str(v)),
                     categories=self.categories_[column],
                 )
             else:
                 data[column] = pd.to_numeric(values, errors="coerce").astype(float)
         return pd.DataFrame(data, index=frame.index)
+
+    def matrix(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Return the model matrix as a float array: what LightGBM makes of :meth:`transform`.
+
+        Categories become their code in the fitted vocabulary (missing or unknown: NaN),
+        exactly as LightGBM encodes the ``Categorical`` columns of :meth:`transform`, so
+        predicting on this array gives the same numbers without pandas' per-call overhead.
+        ``frame`` may be a DataFrame or a dict of equal-length 1-D arrays.
+        """
+        if not hasattr(self, "categories_"):
+            raise NotFittedError("TabularEncoder is not fitted; call fit() or load() first")
+        if not hasattr(self, "_codes"):
+            self._codes = {
+                column: {name: float(code) for code, name in enumerate(names)}
+                for column, names in self.categories_.items()
+            }
+        n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
+        out = np.full((n, len(self.features)), np.nan)
+        for j, column in enumerate(self.features):
+            if column not in frame:
+                continue
+            values = frame[column]
+            if isinstance(values, pd.Series):
+                values = values.to_numpy(dtype=object)
+            codes = self._codes.get(column)
+            if codes is not None:
+                out[:, j] = [
+                    np.nan if v is None or v is pd.NA or v != v else codes.get(str(v), np.nan)
+                    for v in values
+                ]
+            else:
+                try:
+                    out[:, j] = np.asarray(values, dtype=float)
+                except (TypeError, ValueError):
+                    out[:, j] = pd.to_numeric(pd.Series(values), errors="coerce").astype(float)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the fitted encoder."""
@@ -122,14 +158,24 @@ class _BoosterModel:
         self.encoder_ = TabularEncoder(self.features, CATEGORICAL_FEATURES).fit(frame)
         matrix = self.encoder_.transform(frame)
         dataset = lgb.Dataset(matrix, label=target, weight=weight, free_raw_data=True)
-        self.booster_ = lgb.train(
-            self._lgb_params(), dataset, num_boost_round=self.num_boost_round
-        )
+        self.booster_ = lgb.train(self._lgb_params(), dataset, num_boost_round=self.num_boost_round)
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "booster_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+
+    def _matrix(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        self._check_fitted()
+        return self.encoder_.matrix(frame)
+
+    def _num_threads(self) -> int:
+        """Prediction threads: as trained (one by default).
+
+        OpenMP's spinning threads are far slower than one thread for a few rows, above all
+        on a loaded machine.
+        """
+        return int(self.params.get("num_threads", DEFAULT_PARAMS["num_threads"]))
 
     def save(self, directory: Path) -> Path:
         """Save encoder and booster together under ``directory``."""
@@ -187,11 +233,14 @@ class FitModel(_BoosterModel):
         weight = class_sample_weights(y, self.sample_weight_power, len(OUTCOMES))
         return self._fit_matrix(frame, y, weight)
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return an ``(n, 3)`` array of outcome probabilities (rows sum to 1)."""
-        self._check_fitted()
-        proba = self.booster_.predict(self.encoder_.transform(frame))
-        return np.asarray(proba, dtype=float).reshape(len(frame), len(OUTCOMES))
+    def predict_proba(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Return an ``(n, 3)`` array of outcome probabilities (rows sum to 1).
+
+        ``frame`` may be a DataFrame or a dict of equal-length 1-D arrays.
+        """
+        matrix = self._matrix(frame)
+        proba = self.booster_.predict(matrix, num_threads=self._num_threads())
+        return np.asarray(proba, dtype=float).reshape(len(matrix), len(OUTCOMES))
 
 
 class SizeModel(_BoosterModel):
@@ -212,7 +261,9 @@ class SizeModel(_BoosterModel):
         """Learn from training rows (``size_index`` and ``outcome`` give the target)."""
         return self._fit_matrix(frame, self.target(frame), None)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return the predicted best size index per row."""
-        self._check_fitted()
-        return np.asarray(self.booster_.predict(self.encoder_.transform(frame)), dtype=float)
+    def predict(self, frame: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Return the predicted best size index per row (``frame``: DataFrame or dict of arrays)."""
+        matrix = self._matrix(frame)
+        return np.asarray(
+            self.booster_.predict(matrix, num_threads=self._num_threads()), dtype=float
+        )

@@ -1,0 +1,148 @@
+"""The models of the service in the BentoML model store, kept in step with the MLflow registry.
+
+The service declares its models at class scope as :class:`RegistryModel` references (a
+BentoML model reference that knows its registered name and alias). BentoML resolves them
+once per deployment, before the workers start (``bentoml serve``) or when packaging
+(``bentoml build``); resolving looks up which version holds the alias in the MLflow registry
+and, when the store lacks it, imports that version: the model directory with the fitted
+encoder and the booster, exactly as training saved it, tagged
+``fitml-<kind>-<alias>:v<version>``. Inside a built Bento there is no registry
+(``FITML_MODEL_SOURCE=store``): the packaged model is used as it is.
+
+The resolved tag is handed to the workers through the environment, so a worker loads the
+very version the deployment resolved and never imports MLflow (faster cold start).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import bentoml
+from _bentoml_sdk.models import BentoModel
+from bentoml.exceptions import NotFound
+
+from ml_pipeline.settings import Settings, load_settings
+
+KINDS: Final = ("fit", "size")
+SOURCE_ENV: Final = "FITML_MODEL_SOURCE"
+"""``registry`` (default): follow the MLflow aliases; ``store``: use the BentoML store only."""
+
+
+def bento_name(kind: str, alias: str) -> str:
+    """The BentoML model name of the ``kind`` model holding ``alias``."""
+    return f"fitml-{kind}-{alias}"
+
+
+def _tag_env(kind: str, alias: str) -> str:
+    return f"FITML_BENTO_TAG_{kind.upper()}_{alias.upper()}"
+
+
+def settings_from_env() -> Settings:
+    """The settings the service runs with (``FITML_PROFILE``, ``FITML_WORKDIR``)."""
+    return load_settings(
+        os.environ.get("FITML_PROFILE", "local"), os.environ.get("FITML_WORKDIR", "var")
+    )
+
+
+def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
+    """Make the BentoML store hold the version of the ``kind`` model that holds ``alias``.
+
+    Returns:
+        The BentoML tag (``name:version``), or None when no version holds the alias.
+    """
+    import mlflow
+
+    from training import registry
+
+    registry.configure(settings)
+    registered = (
+        settings.mlflow.fit_model_name if kind == "fit" else settings.mlflow.size_model_name
+    )
+    version = registry.alias_version(registered, alias)
+    if version is None:
+        return None
+    name = bento_name(kind, alias)
+    tag = f"{name}:v{version}"
+    try:
+        stored = bentoml.models.get(tag)
+        latest = bentoml.models.get(f"{name}:latest")
+        if stored.tag == latest.tag:
+            return tag
+        bentoml.models.delete(tag)  # an older version came back: re-import it as latest
+    except NotFound:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{registered}@{alias}", dst_path=tmp)
+        )
+        found = sorted((local / "artifacts").rglob("model.json"))
+        if not found:
+            raise FileNotFoundError(f"{registered}@{alias} has no fitml model directory")
+        source = found[0].parent
+        with bentoml.models.create(
+            tag,
+            labels={"registered_name": registered, "alias": alias, "version": version},
+            metadata={"registered_name": registered, "alias": alias, "version": version},
+        ) as model:
+            shutil.copytree(source, model.path_of("model"), dirs_exist_ok=True)
+    return tag
+
+
+@attrs.frozen
+class RegistryModel(BentoModel):
+    """A BentoML model reference to ``fitml-<kind>-<alias>``, synced from the registry."""
+
+    kind: str = attrs.field(default="fit", kw_only=True)
+    alias: str = attrs.field(default="champion", kw_only=True)
+
+    @classmethod
+    def of(cls, kind: str, alias: str) -> RegistryModel:
+        """The reference to the ``kind`` model holding ``alias``."""
+        return cls(f"{bento_name(kind, alias)}:latest", kind=kind, alias=alias)  # type: ignore[misc]
+
+    def current_tag(self) -> str:
+        """The tag to use now: as resolved for this deployment, else synced, else latest."""
+        env = _tag_env(self.kind, self.alias)
+        if env in os.environ:
+            return os.environ[env]
+        tag = str(self.tag)
+        if os.environ.get(SOURCE_ENV, "registry") == "registry":
+            synced = import_alias(settings_from_env(), self.kind, self.alias)
+            if synced is None:
+                raise NotFound(
+                    f"no version of the {self.kind} model holds the alias {self.alias!r} "
+                    "in the MLflow registry; train and promote one first"
+                )
+            tag = synced
+        os.environ[env] = tag  # the workers, spawned later, inherit the resolved tag
+        return tag
+
+    def resolve(self, base_path: Any = None) -> Any:
+        """The stored BentoML model (imported from the registry first when needed)."""
+        return BentoModel(self.current_tag()).resolve(base_path)
+
+    def to_info(self, alias: str | None = None) -> Any:
+        """Model info for ``bentoml build`` (the synced version)."""
+        return BentoModel(self.current_tag()).to_info(alias)
+
+    def __str__(self) -> str:
+        return str(self.tag)
+
+
+def load_stored(model: Any) -> Any:
+    """Load the fitml model (encoder + booster) of a stored BentoML model.
+
+    Returns:
+        A ``training.models.FitModel`` or ``SizeModel``, and its registered version.
+    """
+    from training.models import FitModel, SizeModel
+
+    directory = Path(model.path_of("model"))
+    kind = (directory / "model.json").read_text()
+    loaded = FitModel.load(directory) if '"kind": "fit"' in kind else SizeModel.load(directory)
+    return loaded, str(model.info.labels.get("version", model.tag.version))
