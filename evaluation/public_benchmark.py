@@ -18,8 +18,10 @@ Features (no review text, no rating):
 * history learned from *training labels only*: per user and per item the number of rentals,
   the too-small / too-large rates (smoothed towards the global rates), the mean size rented
   and a "fit-adjusted" size (size + step for too small, - step for too large); a body-size
-  model (sizes rented for the measurements) and how far each item's rentals sit from it; then
-  the size of this transaction relative to all of those.
+  model (sizes rented for the measurements) and how far each item's rentals sit from it; per
+  user, the mean offset of their rentals from each item's median rented size, raw and moved
+  towards the right size by the outcome (shrunk towards 0); then the size of this transaction
+  relative to all of those.
 
 Training rows get these history features out of fold (K-fold: a row's own label never enters
 its own features); validation and test rows get them from all training rows. Validation rows
@@ -58,7 +60,7 @@ PUBLISHED_MEAN_AUC: Final[dict[str, float]] = {
 DEFAULT_N_TRIALS: Final[int] = 20
 DEFAULT_TIMEOUT_S: Final[float] = 300.0
 DEFAULT_N_FOLDS: Final[int] = 5
-FINAL_SEEDS: Final[int] = 3
+FINAL_SEEDS: Final[int] = 4
 """Boosters averaged in the final model (seeds ``seed .. seed + FINAL_SEEDS - 1``)."""
 DEFAULT_FIT_PARAMS: Final[dict[str, float]] = {
     "learning_rate": 0.1,
@@ -75,6 +77,9 @@ SIZE_STEP: Final[float] = 4.0
 """Typical gap between neighbouring RentTheRunway size indices (4, 8, 12, 16, ...)."""
 PRIOR_WEIGHT: Final[float] = 2.0
 """Pseudo-count of the global rates in the smoothed per-user / per-item rates."""
+
+OFFSET_PRIOR: Final[float] = 1.0
+"""Pseudo-rows at offset 0 in the per-user mean offset against items' median sizes."""
 
 CATEGORICAL: Final[tuple[str, ...]] = ("category", "rented_for", "body_type", "cup")
 _RAW_NUMERIC: Final[tuple[str, ...]] = (
@@ -226,8 +231,18 @@ def _fit_history(history: pd.DataFrame) -> _History:
     frame = frame.join(users[["u_size_mean", "u_n"]], on="user_id")
     frame["rel_user"] = np.where(frame["u_n"] > 1, frame["size"] - frame["u_size_mean"], np.nan)
     frame["adj_rel_body"] = frame["adj"] - (frame["size"] - frame["body_gap"])
+    # Each rental's size against the item's median rented size, and where the outcome says
+    # the right size was: per user, how far from an item's typical size they need to go.
+    median = frame.groupby("product_id", sort=False)["size"].transform("median")
+    frame["ioff"] = frame["size"] - median
+    frame["ioff_adj"] = frame["ioff"] + SIZE_STEP * sign.to_numpy()
+    offsets = frame.groupby("user_id", sort=False).agg(
+        u_ioff_sum=("ioff", "sum"), u_ioff_adj_sum=("ioff_adj", "sum")
+    )
+    users = users.join(offsets)
     items = frame.groupby("product_id", sort=False).agg(
         i_n=("size", "size"),
+        i_size_median=("size", "median"),
         i_small=("small", "sum"),
         i_large=("large", "sum"),
         i_size_mean=("size", "mean"),
@@ -295,6 +310,16 @@ def _apply_history(rows: pd.DataFrame, hist: _History) -> pd.DataFrame:
     for name in CLASS_KEYS:
         out[f"gap_vs_i_{name}"] = out["size_vs_body"] - items[f"i_gap_{name}"].to_numpy()
         out[f"size_vs_u_{name}"] = size - users[f"u_size_{name}"].to_numpy()
+    # Shrunk towards 0 (the user rents an item's median size) with OFFSET_PRIOR pseudo-rows.
+    u_n = out["u_n"].to_numpy()
+    u_ioff = users["u_ioff_sum"].fillna(0.0).to_numpy() / (u_n + OFFSET_PRIOR)
+    u_ioff_adj = users["u_ioff_adj_sum"].fillna(0.0).to_numpy() / (u_n + OFFSET_PRIOR)
+    rel_median = size - items["i_size_median"].to_numpy()
+    out["size_vs_i_median"] = rel_median
+    out["u_ioff"] = u_ioff
+    out["u_ioff_adj"] = u_ioff_adj
+    out["size_vs_u_ioff"] = rel_median - u_ioff
+    out["size_vs_u_ioff_adj"] = rel_median - u_ioff_adj
     key = pd.MultiIndex.from_arrays([rows["product_id"].to_numpy(), size])
     pairs = hist.pairs.reindex(key)
     n = pairs["p_n"].fillna(0.0).to_numpy()

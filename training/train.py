@@ -2,8 +2,19 @@
 
 One MLflow parent run per training: Optuna's trials are nested runs under it (see
 :mod:`training.tuning`); the final models are fitted on the train + validation windows,
-scored on the test window by :func:`evaluation.evaluate.evaluate_frame`, logged with signature
-and input example, registered and given the alias ``challenger``.
+scored on the test window by :func:`evaluation.evaluate.evaluate` (beside the baselines and,
+on synthetic data, the oracle), logged with signature and input example, registered and given
+the alias ``challenger``.
+
+Artifacts of the parent run, the things people look at when comparing runs:
+
+- ``evaluation/test_window.json``: the flat metrics; ``evaluation/slices.csv`` / ``.html``:
+  the same per category, size system, brand, fit preference, new/returning user, new product;
+- ``evaluation/confusion_matrix.png`` / ``.csv``: the fit model's outcome confusion matrix;
+- ``evaluation/calibration_curve.png``: one-vs-rest reliability curves of the fit model;
+- ``importance/<kind>_model.csv`` / ``.png``: LightGBM gain importance of each model;
+- ``tuning/<kind>_history.png`` / ``<kind>_param_importance.png`` / ``<kind>_trials.csv``:
+  the Optuna optimisation history and hyperparameter importance of each study.
 """
 
 from __future__ import annotations
@@ -12,20 +23,28 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from evaluation.evaluate import Split, evaluate_frame, time_split
+from evaluation.evaluate import Evaluation, Split, evaluate, time_split
 from features.definitions import CATEGORICAL_FEATURES, FEATURE_SERVICE
+from ml_pipeline.schema import OUTCOMES
 from ml_pipeline.settings import Settings
 from training import registry
 from training.models import FitModel, SizeModel, TabularEncoder
-from training.tuning import tune_lightgbm
+from training.tuning import TuningResult, tune_lightgbm
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TRAINING_SET_FILE = "training_set.parquet"
+_Model = TypeVar("_Model", FitModel, SizeModel)
+CALIBRATION_BINS = 10
+TOP_FEATURES = 25
+"""Features shown in the importance plots (the CSV holds all)."""
 
 
 @dataclass(frozen=True)
@@ -59,13 +78,13 @@ def load_truth(settings: Settings) -> pd.DataFrame | None:
 
 
 def _tune(
-    model: FitModel | SizeModel,
+    model: _Model,
     train: pd.DataFrame,
     valid: pd.DataFrame,
     settings: Settings,
     n_trials: int,
     timeout_s: float | None,
-) -> FitModel | SizeModel:
+) -> tuple[_Model, TuningResult]:
     encoder = TabularEncoder(model.features, CATEGORICAL_FEATURES).fit(train)
     if isinstance(model, FitModel):
         targets = (FitModel.labels(train["outcome"]), FitModel.labels(valid["outcome"]))
@@ -96,7 +115,7 @@ def _tune(
         num_boost_round=max(1, result.best_iteration),
         sample_weight_power=result.class_weight_power,
     )
-    return tuned
+    return tuned, result
 
 
 def train(
@@ -134,19 +153,35 @@ def train(
                 "n_trials": n_trials,
             }
         )
-        fit_model = _tune(FitModel(), train_rows, valid_rows, settings, n_trials, timeout_s)
-        size_model = _tune(SizeModel(), train_rows, valid_rows, settings, n_trials, timeout_s)
+        fit_model, fit_tuning = _tune(
+            FitModel(), train_rows, valid_rows, settings, n_trials, timeout_s
+        )
+        size_model, size_tuning = _tune(
+            SizeModel(), train_rows, valid_rows, settings, n_trials, timeout_s
+        )
         fit_rows = pd.concat([train_rows, valid_rows])
         fit_model.fit(fit_rows)
         size_model.fit(fit_rows)
-        metrics = evaluate_frame(test_rows, fit_model, size_model, load_truth(settings))
+        evaluation = evaluate(
+            test_rows, fit_model, size_model, load_truth(settings), fit_rows, seed=settings.seed
+        )
+        metrics = evaluation.metrics
         mlflow.log_metrics(
-            {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating)}
+            {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, int | float | np.floating) and np.isfinite(v)
+            }
         )
         mlflow.log_dict(metrics, "evaluation/test_window.json")
-        fit_logged = registry.log_and_register(
-            fit_model, settings.mlflow.fit_model_name, test_rows
+        log_artifacts(
+            evaluation,
+            fit_model.predict_proba(test_rows),
+            FitModel.labels(test_rows["outcome"]),
+            {"fit": fit_model, "size": size_model},
+            {"fit": fit_tuning, "size": size_tuning},
         )
+        fit_logged = registry.log_and_register(fit_model, settings.mlflow.fit_model_name, test_rows)
         size_logged = registry.log_and_register(
             size_model, settings.mlflow.size_model_name, test_rows
         )
@@ -178,3 +213,200 @@ def write_result(result: TrainResult, path: Path) -> None:
             default=str,
         )
     )
+
+
+def log_artifacts(
+    evaluation: Evaluation,
+    proba: np.ndarray,
+    y: np.ndarray,
+    models: dict[str, FitModel | SizeModel],
+    tunings: dict[str, TuningResult],
+) -> None:
+    """Log the evaluation and tuning plots and tables into the active MLflow run.
+
+    Args:
+        evaluation: the test window's metrics and slice table.
+        proba: the fit model's ``(n, 3)`` probabilities on the test window.
+        y: the test window's outcome codes (``OUTCOMES`` order).
+        models: fitted models by kind, for their gain importance.
+        tunings: each model's tuning result, for the Optuna plots.
+    """
+    mlflow.log_table(evaluation.slices, "evaluation/slices.json")
+    mlflow.log_text(evaluation.slices.to_csv(index=False), "evaluation/slices.csv")
+    mlflow.log_text(
+        evaluation.slices.to_html(index=False, float_format="%.3f"), "evaluation/slices.html"
+    )
+    matrix = confusion_matrix(y, proba)
+    mlflow.log_text(matrix.to_csv(), "evaluation/confusion_matrix.csv")
+    mlflow.log_figure(plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png")
+    mlflow.log_figure(plot_calibration(y, proba), "evaluation/calibration_curve.png")
+    for kind, model in models.items():
+        importance = feature_importance(model)
+        mlflow.log_text(importance.to_csv(index=False), f"importance/{kind}_model.csv")
+        mlflow.log_figure(plot_importance(importance, kind), f"importance/{kind}_model.png")
+    for kind, tuning in tunings.items():
+        trials = tuning.study.trials_dataframe()
+        mlflow.log_text(trials.to_csv(index=False), f"tuning/{kind}_trials.csv")
+        mlflow.log_figure(plot_history(tuning, kind), f"tuning/{kind}_history.png")
+        figure = plot_param_importance(tuning, kind)
+        if figure is not None:
+            mlflow.log_figure(figure, f"tuning/{kind}_param_importance.png")
+    _close_figures()
+
+
+def confusion_matrix(y: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
+    """Counts of true outcome (rows) by most probable outcome (columns)."""
+    k = len(OUTCOMES)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y, dtype=np.int64), np.argmax(proba, axis=1)), 1)
+    return pd.DataFrame(
+        counts,
+        index=pd.Index([f"true_{o}" for o in OUTCOMES], name="outcome"),
+        columns=[f"pred_{o}" for o in OUTCOMES],
+    )
+
+
+def feature_importance(model: FitModel | SizeModel) -> pd.DataFrame:
+    """The booster's total gain and split count per feature, largest gain first."""
+    booster = model.booster_
+    table = pd.DataFrame(
+        {
+            "feature": booster.feature_name(),
+            "gain": booster.feature_importance("gain"),
+            "splits": booster.feature_importance("split"),
+        }
+    )
+    table["gain_share"] = table["gain"] / max(float(table["gain"].sum()), 1e-12)
+    return table.sort_values("gain", ascending=False, ignore_index=True)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe to call repeatedly
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _close_figures() -> None:
+    _pyplot().close("all")
+
+
+def plot_confusion_matrix(matrix: pd.DataFrame) -> Figure:
+    """The confusion matrix as a heat map, row-normalised, with the counts written in."""
+    plt = _pyplot()
+    counts = matrix.to_numpy()
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(OUTCOMES)), labels=list(OUTCOMES))
+    ax.set_yticks(range(len(OUTCOMES)), labels=list(OUTCOMES))
+    ax.set_xlabel("predicted (most probable)")
+    ax.set_ylabel("shopper's feedback")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            color = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(
+                j,
+                i,
+                f"{counts[i, j]}\n{shares[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color=color,
+                fontsize=9,
+            )
+    fig.colorbar(image, ax=ax, label="share of row")
+    ax.set_title("Fit model on the test window")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_table(
+    y: np.ndarray, proba: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> pd.DataFrame:
+    """One-vs-rest reliability per outcome: mean predicted vs observed rate per bin."""
+    rows = []
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    for k, outcome in enumerate(OUTCOMES):
+        p = proba[:, k]
+        bins = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+        for b in np.unique(bins):
+            inside = bins == b
+            rows.append(
+                {
+                    "outcome": outcome,
+                    "bin": int(b),
+                    "n": int(inside.sum()),
+                    "predicted": float(p[inside].mean()),
+                    "observed": float((y[inside] == k).mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_calibration(y: np.ndarray, proba: np.ndarray) -> Figure:
+    """Reliability curves of the fit model, one per outcome, beside the diagonal."""
+    plt = _pyplot()
+    table = calibration_table(np.asarray(y), np.asarray(proba))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for outcome, part in table.groupby("outcome", sort=False):
+        ax.plot(part["predicted"], part["observed"], marker="o", label=str(outcome))
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title("Calibration on the test window (one vs rest)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_importance(importance: pd.DataFrame, kind: str) -> Figure:
+    """Horizontal bars of the top features' share of total gain."""
+    plt = _pyplot()
+    top = importance.head(TOP_FEATURES).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(top) + 1.2))
+    ax.barh(top["feature"], top["gain_share"])
+    ax.set_xlabel("share of total gain")
+    ax.set_title(f"{kind} model: feature importance (gain)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(tuning: TuningResult, kind: str) -> Figure:
+    """Each trial's validation value and the best so far, in trial order."""
+    plt = _pyplot()
+    trials = tuning.study.trials_dataframe()
+    done = trials[trials["value"].notna()] if "value" in trials else trials.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(done):
+        ax.scatter(done["number"], done["value"], s=14, label="trial")
+        ax.plot(done["number"], done["value"].cummin(), color="C1", label="best so far")
+        ax.legend()
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {tuning.metric or 'objective'} (lower is better)")
+    ax.set_title(f"{kind} model: Optuna optimisation history")
+    fig.tight_layout()
+    return fig
+
+
+def plot_param_importance(tuning: TuningResult, kind: str) -> Figure | None:
+    """Optuna's hyperparameter importance (fANOVA) as bars; None with too few trials."""
+    import optuna
+
+    try:
+        importance = optuna.importance.get_param_importances(tuning.study)
+    except (RuntimeError, ValueError):  # fewer than two finished trials, or no variation
+        return None
+    if not importance:
+        return None
+    plt = _pyplot()
+    names = list(importance)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
+    ax.barh(names, [importance[n] for n in names])
+    ax.set_xlabel("importance for the validation value")
+    ax.set_title(f"{kind} model: hyperparameter importance")
+    fig.tight_layout()
+    return fig
