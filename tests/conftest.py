@@ -7,7 +7,14 @@ machine, and fail instead when ``FITML_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +40,13 @@ def require(condition: bool, reason: str, *, strict: bool | None = None) -> None
     if services_required() if strict is None else strict:
         pytest.fail(f"{reason} (FITML_REQUIRE_SERVICES=1: this must be available)")
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int) -> bool:
@@ -91,3 +105,78 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         PipelineConfig(users=1500, products=120, events=20_000, seed=7, n_trials=1, timeout_s=60),
     )
     return settings.workdir
+
+
+# The real prediction service on a copy of the trained work dir (shared by e2e and
+# integration tests: one server per test session).
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Served:
+    """A running prediction service."""
+
+    url: str
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    cold_start_s: float
+    log: Path
+
+
+def start_service(workdir: Path, log: Path, env: dict[str, str] | None = None) -> Served:
+    """Start ``fitml serve`` on a free port and wait for ``/readyz``."""
+    port = free_port()
+    argv = [str(BIN / "fitml"), "serve", "--workdir", str(workdir), "--port", str(port)]
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    while time.perf_counter() - started < 180:
+        if proc.poll() is not None:
+            pytest.fail(f"fitml serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return Served(url, workdir, proc, time.perf_counter() - started, log)
+        except OSError:
+            pass
+        time.sleep(0.1)
+    stop_service(proc)
+    pytest.fail(f"fitml serve not ready after 180 s:\n{log.read_text()[-4000:]}")
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a service started by :func:`start_service` (its process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def served(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The real BentoML service (``fitml serve``) on a private copy of the trained work dir.
+
+    The copy takes what serving writes (inference log, BentoML model store), so the shared
+    ``trained_workdir`` stays as the pipeline left it.
+    """
+    from serving.session.testing import clone_workdir
+
+    root = tmp_path_factory.mktemp("serve")
+    workdir = clone_workdir(trained_workdir, root / "var").workdir
+    service = start_service(workdir, root / "serve.log")
+    try:
+        yield service
+    finally:
+        stop_service(service.process)

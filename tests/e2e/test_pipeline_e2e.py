@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import mlflow
@@ -18,48 +14,10 @@ import pytest
 
 from ml_pipeline.settings import load_settings
 
+if TYPE_CHECKING:
+    from tests.conftest import Served
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(trained_workdir: Path) -> Iterator[str]:
-    port = free_port()
-    log = (trained_workdir / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ml_pipeline.cli", "serve", "--workdir", str(trained_workdir),
-         "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError((trained_workdir / "serve.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise TimeoutError("the service did not become ready in 90 s")
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_pipeline_registers_both_models_as_champion(trained_workdir: Path) -> None:
@@ -93,7 +51,8 @@ def test_models_beat_the_size_chart_rule(trained_workdir: Path) -> None:
     assert metrics["feedback_agreement"] > metrics["chart_feedback_agreement"]
 
 
-def test_service_recommends_a_size_of_the_product(trained_workdir: Path, server: str) -> None:
+def test_service_recommends_a_size_of_the_product(trained_workdir: Path, served: Served) -> None:
+    server = served.url
     charts = pd.read_parquet(trained_workdir / "offline" / "size_charts.parquet")
     bodies = [
         json.loads(line)
@@ -114,7 +73,8 @@ def test_service_recommends_a_size_of_the_product(trained_workdir: Path, server:
         assert answer["request_id"]
 
 
-def test_service_rejects_bad_input_with_4xx(server: str) -> None:
+def test_service_rejects_bad_input_with_4xx(served: Served) -> None:
+    server = served.url
     unknown = httpx.post(f"{server}/recommend", json={"product_id": "no-such-product"}, timeout=10)
     assert unknown.status_code == 404
     assert "product_id" in unknown.text
