@@ -56,29 +56,42 @@ class PipelineSummary:
             value = m.get(key)
             return "n/a" if value is None else f"{value:.3f}"
 
+        total = sum(self.seconds.values())
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        drifted = ", ".join(self.drift.get("drifted_columns") or [])
+        promoted = "champion is now " if self.promotion.get("promoted") else "kept: "
         lines = [
             "",
-            "fitml pipeline: done in " + f"{sum(self.seconds.values()):.0f} s "
-            + "(" + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()) + ")",
+            f"fitml pipeline: done in {total:.0f} s ({stages})",
             f"  ingested: {_total(self.ingest.get('accepted'))} rows accepted, "
             f"{_total(self.ingest.get('quarantined'))} quarantined (see quarantine/)",
             "",
             f"  test window: {m.get('n_test')} try-on events (the last 15% by time)",
-            "  fit model (too small / fit / too large)     model    oracle",
-            f"    mean one-vs-rest AUC                      {num('fit_mean_auc')}    "
-            f"{num('oracle_mean_auc')}",
-            f"    log loss                                  {num('fit_log_loss')}    "
+            "  fit model: P(too small, fit, too large)    mean AUC   log loss",
+            f"    LightGBM (tuned)                          {num('fit_mean_auc')}      "
+            f"{num('fit_log_loss')}",
+            f"    logistic regression                       {num('logreg_mean_auc')}      "
+            f"{num('logreg_log_loss')}",
+            f"    oracle (the generator's probabilities)    {num('oracle_mean_auc')}      "
             f"{num('oracle_log_loss')}",
-            "  recommended size                            model    size-chart rule",
-            f"    exact best-size accuracy                  {num('rec_exact_accuracy')}    "
-            f"{num('chart_exact_accuracy')}",
-            f"    agrees with shoppers' feedback            {num('feedback_agreement')}    "
-            f"{num('chart_feedback_agreement')}",
+            "  recommended size                            exact    within 1  agrees w/ feedback",
+        ]
+        for label, prefix, agree in (
+            ("fitml (fit + size model)", "rec", "feedback_agreement"),
+            ("logistic regression", "logreg", "logreg_feedback_agreement"),
+            ("the shopper's usual size", "usual", "usual_feedback_agreement"),
+            ("size-chart rule", "chart", "chart_feedback_agreement"),
+            ("oracle (true best size)", "oracle", "oracle_feedback_agreement"),
+        ):
+            exact = "1.000" if prefix == "oracle" else num(f"{prefix}_exact_accuracy")
+            within = "1.000" if prefix == "oracle" else num(f"{prefix}_within_one")
+            lines.append(f"    {label:<42}{exact}    {within}     {num(agree)}")
+        lines += [
             "",
-            f"  promotion: {'champion is now ' if self.promotion.get('promoted') else 'kept: '}"
-            f"{self.promotion.get('challenger_versions')} ({self.promotion.get('reason')})",
-            f"  drift (latest window vs training window): "
-            f"{'DETECTED in ' + ', '.join(self.drift.get('drifted_columns', [])) if self.drift.get('drift_detected') else 'none'}",
+            f"  promotion: {promoted}{self.promotion.get('challenger_versions')} "
+            f"({self.promotion.get('reason')})",
+            "  drift (latest window vs training window): "
+            + (f"DETECTED in {drifted}" if self.drift.get("drift_detected") else "none"),
             "",
             f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
             f"  drift report:  {self.paths.get('drift_html')}",
