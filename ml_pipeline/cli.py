@@ -21,7 +21,9 @@ data_app = typer.Typer(help="Synthetic data.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Every stage, in order.", no_args_is_help=True)
 benchmark_app = typer.Typer(help="Public benchmarks.", no_args_is_help=True)
-ingest_app = typer.Typer(help="Validate and load raw data into the offline store.", no_args_is_help=True)
+ingest_app = typer.Typer(
+    help="Validate and load raw data into the offline store.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(features_app, name="features")
@@ -49,16 +51,22 @@ def data_generate(
     products: Annotated[int, typer.Option(min=1)] = 300,
     events: Annotated[int, typer.Option(min=1)] = 80_000,
     seed: int = 0,
-    scenario: Annotated[str, typer.Option(help="baseline, population_shift, runs_small, unit_bug")] = "baseline",
+    scenario: Annotated[
+        str, typer.Option(help="baseline, population_shift, runs_small, unit_bug")
+    ] = "baseline",
 ) -> None:
     """Generate synthetic users, products with size charts, try-on events and ground truth."""
     from ml_pipeline.synth import generate
 
-    paths = generate(out, users=users, products=products, events=events, seed=seed, scenario=scenario)
+    paths = generate(
+        out, users=users, products=products, events=events, seed=seed, scenario=scenario
+    )
     _echo_json({k: str(v) for k, v in paths.items()})
 
 
-def _ingest(kind: str, path: Path, workdir: Path, summary: Path | None, max_reject_rate: float | None) -> None:
+def _ingest(
+    kind: str, path: Path, workdir: Path, summary: Path | None, max_reject_rate: float | None
+) -> None:
     from ml_pipeline import ingest
 
     func = {
@@ -84,13 +92,18 @@ def _ingest(kind: str, path: Path, workdir: Path, summary: Path | None, max_reje
 SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write the JSON summary here.")]
 RejectOpt = Annotated[
     float | None,
-    typer.Option("--max-reject-rate", help="Exit non-zero when more than this share is quarantined."),
+    typer.Option(
+        "--max-reject-rate", help="Exit non-zero when more than this share is quarantined."
+    ),
 ]
 
 
 @ingest_app.command("synthetic")
 def ingest_synthetic_cmd(
-    path: Path, workdir: Workdir = DEFAULT_WORKDIR, summary: SummaryOpt = None, max_reject_rate: RejectOpt = None
+    path: Path,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    summary: SummaryOpt = None,
+    max_reject_rate: RejectOpt = None,
 ) -> None:
     """Ingest a directory written by `fitml data generate`."""
     _ingest("synthetic", path, workdir, summary, max_reject_rate)
@@ -98,7 +111,10 @@ def ingest_synthetic_cmd(
 
 @ingest_app.command("renttherunway")
 def ingest_rtr_cmd(
-    path: Path, workdir: Workdir = DEFAULT_WORKDIR, summary: SummaryOpt = None, max_reject_rate: RejectOpt = None
+    path: Path,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    summary: SummaryOpt = None,
+    max_reject_rate: RejectOpt = None,
 ) -> None:
     """Ingest a RentTheRunway JSON-lines file (.json, .json.gz, .jsonl.gz)."""
     _ingest("renttherunway", path, workdir, summary, max_reject_rate)
@@ -106,7 +122,10 @@ def ingest_rtr_cmd(
 
 @ingest_app.command("modcloth")
 def ingest_modcloth_cmd(
-    path: Path, workdir: Workdir = DEFAULT_WORKDIR, summary: SummaryOpt = None, max_reject_rate: RejectOpt = None
+    path: Path,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    summary: SummaryOpt = None,
+    max_reject_rate: RejectOpt = None,
 ) -> None:
     """Ingest a ModCloth JSON-lines file."""
     _ingest("modcloth", path, workdir, summary, max_reject_rate)
@@ -158,8 +177,14 @@ def train(
     from training.train import train as run_train
 
     result = run_train(_settings(workdir, profile), n_trials=trials, timeout_s=timeout)
-    _echo_json({"run_id": result.run_id, "fit_model": result.fit_model.__dict__,
-                "size_model": result.size_model.__dict__, "metrics": result.metrics})
+    _echo_json(
+        {
+            "run_id": result.run_id,
+            "fit_model": result.fit_model.__dict__,
+            "size_model": result.size_model.__dict__,
+            "metrics": result.metrics,
+        }
+    )
 
 
 @app.command()
@@ -199,10 +224,23 @@ def serve(
 ) -> None:
     """Serve the prediction service (BentoML) until stopped."""
     settings = _settings(workdir, profile)
-    env = {**os.environ, "FITML_WORKDIR": str(settings.workdir), "FITML_PROFILE": profile,
-           "BENTOML_HOME": str(settings.workdir / "bentoml")}
-    argv = [sys.executable, "-m", "bentoml", "serve", "serving.service:FitmlService",
-            "--host", host, "--port", str(port)]
+    env = {
+        **os.environ,
+        "FITML_WORKDIR": str(settings.workdir),
+        "FITML_PROFILE": profile,
+        "BENTOML_HOME": str(settings.workdir / "bentoml"),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:FitmlService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     os.execvpe(argv[0], argv, env)
 
 
@@ -240,16 +278,56 @@ def forget_user_cmd(
 
 @app.command()
 def drift(
-    reference: Annotated[Path | None, typer.Option(help="Reference window: dataset dir, events/training/inference parquet, or inference log (default: the champion's training window).")] = None,
-    current: Annotated[Path | None, typer.Option(help="Current window, same kinds (default: the window after the champion's training window).")] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reference window: dataset dir, events/training/inference parquet, or "
+            "inference log (default: the champion's training window)."
+        ),
+    ] = None,
+    current: Annotated[
+        Path | None,
+        typer.Option(
+            help="Current window, same kinds (default: the window after the champion's "
+            "training window)."
+        ),
+    ] = None,
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Verdict JSON (default: <workdir>/reports/drift_verdict.json).")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Evidently report (default: <workdir>/reports/drift_report.html).")] = None,
-    feedback: Annotated[Path | None, typer.Option(help="Feedback events (parquet) to join to an inference log (default: the ingested events).")] = None,
-    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")] = False,
-    log_mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log verdict and report beside the champion's run.")] = True,
-    history: Annotated[bool, typer.Option("--history/--no-history", help="Append the verdict to the drift history table.")] = True,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Verdict JSON (default: <workdir>/reports/drift_verdict.json)."
+        ),
+    ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", help="Evidently report (default: <workdir>/reports/drift_report.html)."
+        ),
+    ] = None,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feedback events (parquet) to join to an inference log "
+            "(default: the ingested events)."
+        ),
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")
+    ] = False,
+    log_mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow/--no-mlflow", help="Log verdict and report beside the champion's run."
+        ),
+    ] = True,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history/--no-history", help="Append the verdict to the drift history table."
+        ),
+    ] = True,
 ) -> None:
     """Compare a current window with a reference: Evidently HTML report + JSON verdict."""
     from evaluation.drift import drift_check
@@ -257,8 +335,16 @@ def drift(
     settings = _settings(workdir, profile)
     json_out = json_out or settings.reports_dir / "drift_verdict.json"
     html_out = html_out or settings.reports_dir / "drift_report.html"
-    verdict = drift_check(settings, reference, current, json_out=json_out, html_out=html_out,
-                          feedback=feedback, log_mlflow=log_mlflow, record_history=history)
+    verdict = drift_check(
+        settings,
+        reference,
+        current,
+        json_out=json_out,
+        html_out=html_out,
+        feedback=feedback,
+        log_mlflow=log_mlflow,
+        record_history=history,
+    )
     typer.echo(verdict.summary())
     typer.echo(f"verdict: {json_out}\nreport:  {html_out}")
     if fail_on_drift and verdict.drift_detected:
@@ -274,23 +360,41 @@ def pipeline_run(
     events: Annotated[int, typer.Option(min=1)] = 80_000,
     seed: int = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per model.")] = None,
-    regenerate: Annotated[bool, typer.Option(help="Generate new raw data even if some exists.")] = False,
-    if_drift: Annotated[bool, typer.Option("--if-drift", help="Retrain and promote only when the champion's drift verdict says so.")] = False,
+    regenerate: Annotated[
+        bool, typer.Option(help="Generate new raw data even if some exists.")
+    ] = False,
+    if_drift: Annotated[
+        bool,
+        typer.Option(
+            "--if-drift", help="Retrain and promote only when the champion's drift verdict says so."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole loop: data, features, training, promotion, drift."""
     from ml_pipeline.pipeline import PipelineConfig, run_pipeline
 
     settings = _settings(workdir, profile)
-    config = PipelineConfig(users=users, products=products, events=events, seed=seed,
-                            n_trials=trials, regenerate=regenerate, if_drift=if_drift)
+    config = PipelineConfig(
+        users=users,
+        products=products,
+        events=events,
+        seed=seed,
+        n_trials=trials,
+        regenerate=regenerate,
+        if_drift=if_drift,
+    )
     summary = run_pipeline(settings, config)
     typer.echo(summary.render(settings))
 
 
 @benchmark_app.command("renttherunway")
 def benchmark_rtr(
-    train_path: Annotated[Path, typer.Option("--train", help="RentTheRunway JSON lines to train on.")],
-    test_path: Annotated[Path | None, typer.Option("--test", help="Score here (default: a seeded 80/10/10 split).")] = None,
+    train_path: Annotated[
+        Path, typer.Option("--train", help="RentTheRunway JSON lines to train on.")
+    ],
+    test_path: Annotated[
+        Path | None, typer.Option("--test", help="Score here (default: a seeded 80/10/10 split).")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
     seed: int = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials.")] = None,

@@ -98,7 +98,7 @@ class PipelineSummary:
             f"  serve:         fitml serve --workdir {w}   (or: make serve)",
             "  try it:        curl -s -X POST http://127.0.0.1:3000/recommend "
             "-H 'Content-Type: application/json' "
-            f"-d \"$(head -1 {self.paths.get('examples')})\"",
+            f'-d "$(head -1 {self.paths.get("examples")})"',
         ]
         return "\n".join(lines)
 
@@ -118,8 +118,12 @@ def write_examples(settings: Settings, events: pd.DataFrame, path: Path, n: int 
         bodies.append(
             {
                 "product_id": str(picks.iloc[0].product_id),
-                "measurements": {"height_cm": 168.0, "chest_cm": 94.0, "waist_cm": 78.0,
-                                 "hips_cm": 100.0},
+                "measurements": {
+                    "height_cm": 168.0,
+                    "chest_cm": 94.0,
+                    "waist_cm": 78.0,
+                    "hips_cm": 100.0,
+                },
                 "fit_preference": "regular",
             }
         )
@@ -188,14 +192,22 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
             retrain, verdict_dict = retrain_decision(settings)
             summary.drift = verdict_dict
         if not retrain:
-            summary.promotion = {"promoted": False, "challenger_versions": None,
-                                 "reason": "no drift against the champion: retraining skipped"}
-            summary.paths.update(drift_html=str(settings.reports_dir / "drift_report.html"),
-                                 drift_json=str(settings.reports_dir / "drift_verdict.json"))
-            summary.paths["examples"] = str(write_examples(
-                settings, store.read_offline(settings, "events"),
-                settings.workdir / "examples" / "recommend.jsonl",
-            ))
+            summary.promotion = {
+                "promoted": False,
+                "challenger_versions": None,
+                "reason": "no drift against the champion: retraining skipped",
+            }
+            summary.paths.update(
+                drift_html=str(settings.reports_dir / "drift_report.html"),
+                drift_json=str(settings.reports_dir / "drift_verdict.json"),
+            )
+            summary.paths["examples"] = str(
+                write_examples(
+                    settings,
+                    store.read_offline(settings, "events"),
+                    settings.workdir / "examples" / "recommend.jsonl",
+                )
+            )
             (settings.reports_dir / "pipeline_summary.json").write_text(
                 json.dumps(summary.__dict__, indent=2, default=str)
             )

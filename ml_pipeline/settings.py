@@ -49,8 +49,11 @@ class OptunaSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
-    """LightGBM resources. One thread by default: on a shared 2-core machine OpenMP's
-    spinning threads made two-thread training 40x slower than one thread under load."""
+    """LightGBM resources.
+
+    One thread by default: on a shared 2-core machine OpenMP's spinning threads made
+    two-thread training 40x slower than one thread under load.
+    """
 
     num_threads: int = Field(default=1, ge=1)
     max_rounds: int = Field(default=1000, ge=1)

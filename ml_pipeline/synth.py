@@ -589,8 +589,10 @@ def _simulate_tryons(
         best[a:b] = np.argmin(closeness, axis=1)
         row = np.arange(b - a)
         best_fit[a:b] = pf[row, best[a:b]]
-        k = tried[a:b]
-        probs[a:b] = np.stack([ps[row, k], pf[row, k], pl[row, k]], axis=1)
+        tried_here = tried[a:b]
+        probs[a:b] = np.stack(
+            [ps[row, tried_here], pf[row, tried_here], pl[row, tried_here]], axis=1
+        )
     probs = np.clip(probs, 0.0, 1.0)
     probs /= probs.sum(axis=1, keepdims=True)
     u = rngs["outcomes"].random(n)

@@ -61,7 +61,7 @@ class TabularEncoder:
         return self
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Return the model matrix: numeric columns as float, categories as fixed ``Categorical``."""
+        """Return the model matrix: numbers as float, categories as fixed ``Categorical``."""
         if not hasattr(self, "categories_"):
             raise NotFittedError("TabularEncoder is not fitted; call fit() or load() first")
         data: dict[str, Any] = {}

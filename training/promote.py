@@ -54,7 +54,10 @@ def bootstrap_gain(
 def promote(settings: Settings, *, min_gain: float = 0.0, force: bool = False) -> Decision:
     """Move ``champion`` to the challenger versions if the gate says so (or ``force``)."""
     registry.configure(settings)
-    names = {"fit_model": settings.mlflow.fit_model_name, "size_model": settings.mlflow.size_model_name}
+    names = {
+        "fit_model": settings.mlflow.fit_model_name,
+        "size_model": settings.mlflow.size_model_name,
+    }
     challenger = {k: registry.alias_version(n, registry.CHALLENGER) for k, n in names.items()}
     if any(v is None for v in challenger.values()):
         raise LookupError("no challenger to promote: run `fitml train` first")
@@ -68,6 +71,8 @@ def promote(settings: Settings, *, min_gain: float = 0.0, force: bool = False) -
     else:
         champ = {k: str(v) for k, v in champion.items()}
         run = mlflow.MlflowClient().get_model_version(names["fit_model"], chal["fit_model"]).run_id
+        if run is None:
+            raise LookupError(f"challenger {chal} has no training run to take its test window from")
         test_start = pd.Timestamp(mlflow.get_run(run).data.params["test_start"])
         frame = load_training_set(settings)
         test = frame[frame["event_timestamp"] >= test_start]
