@@ -60,7 +60,9 @@ def test_size_model_targets_the_implied_size(tmp_path: Path) -> None:
     assert np.all(target == 3.0)  # every outcome here implies the chart's pick
     model = SizeModel(num_boost_round=20).fit(rows)
     assert np.allclose(model.predict(rows), 3.0, atol=0.2)
-    assert np.allclose(SizeModel.load(model.save(tmp_path / "s")).predict(rows), model.predict(rows))
+    assert np.allclose(
+        SizeModel.load(model.save(tmp_path / "s")).predict(rows), model.predict(rows)
+    )
 
 
 def test_unfitted_and_mislabelled_models_fail_clearly(tmp_path: Path) -> None:
