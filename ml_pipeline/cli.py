@@ -414,8 +414,13 @@ def benchmark_rtr(
 
 def main() -> None:
     """Run the CLI; expected errors print one clear line and exit 2."""
+    import warnings
+
     from ml_pipeline.errors import FitmlError
 
+    # Libraries' deprecation notices are for their developers, not for fitml's users.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", FutureWarning)
     try:
         app()
     except (FitmlError, SettingsError, FileNotFoundError, LookupError) as exc:
