@@ -8,7 +8,8 @@ AUC of each class and their mean.
 :func:`run_renttherunway` loads the reviews through :func:`ml_pipeline.adapters.read_renttherunway`,
 splits them (a seeded random 80/10/10 split by transaction, as the paper did, or a given test
 file), builds features, tunes a LightGBM fit model with :func:`training.tuning.tune_lightgbm`
-and scores the held-out part. :func:`format_table` prints the result beside the paper's.
+and scores the held-out part with an average of multiclass + one-vs-rest boosters over several
+seeds and out-of-fold draws. :func:`format_table` prints the result beside the paper's.
 
 Features (no review text, no rating):
 
@@ -61,7 +62,11 @@ DEFAULT_N_TRIALS: Final[int] = 20
 DEFAULT_TIMEOUT_S: Final[float] = 300.0
 DEFAULT_N_FOLDS: Final[int] = 5
 FINAL_SEEDS: Final[int] = 4
-"""Boosters averaged in the final model (seeds ``seed .. seed + FINAL_SEEDS - 1``)."""
+"""Boosters averaged in the final model (bagging and fold seeds ``seed .. seed + K - 1``)."""
+BINARY_BLEND_WEIGHT: Final[float] = 0.5
+"""Share of one-vs-rest binary boosters (row-normalised) in the scored probabilities; the
+rest is the multiclass booster. On the dev split's validation rows, with 1..4 fold/seed
+draws averaged, the blend added 0.0003-0.0008 mean AUC over the multiclass model alone."""
 DEFAULT_FIT_PARAMS: Final[dict[str, float]] = {
     "learning_rate": 0.1,
     "num_leaves": 31,
@@ -423,6 +428,54 @@ def _fit_final(
     return lgb.train(params, data, num_boost_round=rounds)
 
 
+def _binary_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in params.items() if k != "num_class"}
+    return {**out, "objective": "binary", "metric": "binary_logloss"}
+
+
+def _tune_binary_rounds(
+    X_train: pd.DataFrame,
+    y_train: np.ndarray,
+    X_valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    params: dict[str, Any],
+) -> tuple[list[int], np.ndarray]:
+    """Early-stopped one-vs-rest boosters: their best rounds and validation probabilities."""
+    rounds, proba = [], np.zeros((len(X_valid), len(OUTCOMES)))
+    for k in range(len(OUTCOMES)):
+        train_set = lgb.Dataset(
+            X_train, label=(y_train == k).astype(int), categorical_feature=list(CATEGORICAL)
+        )
+        valid_set = lgb.Dataset(X_valid, label=(y_valid == k).astype(int), reference=train_set)
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=2000,
+            valid_sets=[valid_set],
+            callbacks=[lgb.early_stopping(30, verbose=False)],
+        )
+        rounds.append(max(1, booster.best_iteration))
+        proba[:, k] = booster.predict(X_valid, num_iteration=booster.best_iteration)
+    return rounds, proba
+
+
+def _binary_proba(
+    X: pd.DataFrame, y: np.ndarray, X_score: pd.DataFrame, params: dict[str, Any], rounds: list[int]
+) -> np.ndarray:
+    """Row-normalised probabilities of one-vs-rest boosters trained with the given rounds."""
+    proba = np.column_stack(
+        [
+            lgb.train(
+                params,
+                lgb.Dataset(X, label=(y == k).astype(int), categorical_feature=list(CATEGORICAL)),
+                num_boost_round=rounds[k],
+            ).predict(X_score)
+            for k in range(len(OUTCOMES))
+        ]
+    )
+    return np.asarray(proba / proba.sum(axis=1, keepdims=True))
+
+
 def run_renttherunway(
     train_path: str | Path,
     test_path: str | Path | None = None,
@@ -444,8 +497,11 @@ def run_renttherunway(
     scored part's labels); training rows get them out of fold. The tuner picks parameters on
     the validation rows; the scored model is then refit on train + valid (history features
     rebuilt, rounds scaled with the rows) at half the learning rate and twice the rounds,
-    averaged over ``FINAL_SEEDS`` seeds. ``valid`` scores the single tuned model trained on
-    the training rows.
+    averaged over ``final_seeds`` boosters, each with its own bagging seed and its own
+    out-of-fold draw of the training rows' history features; each multiclass booster is
+    blended (``BINARY_BLEND_WEIGHT``) with one-vs-rest binary boosters whose rounds were
+    early-stopped on the validation rows. ``valid`` scores the single tuned model trained on
+    the training rows, ``valid_blend`` its blend with the early-stopped binary boosters.
 
     Args:
         train_path: RentTheRunway JSON lines file to learn from (``.jsonl`` / ``.jsonl.gz``).
@@ -460,9 +516,10 @@ def run_renttherunway(
 
     Returns:
         ``mean_auc``, ``auc_small``, ``auc_fit``, ``auc_large``, ``log_loss``, ``brier``,
-        ``ece`` (on the scored rows), the same on validation under ``valid``, ``n_train``,
-        ``n_valid``, ``n_test``, ``n_final_fit``, ``split``, ``seed``, ``final_model``,
-        tuning details (``best_params``,
+        ``ece`` (on the scored rows), the same on validation under ``valid`` (and under
+        ``valid_blend`` with the binary boosters; None if ``BINARY_BLEND_WEIGHT`` is 0),
+        ``n_train``, ``n_valid``, ``n_test``, ``n_final_fit``, ``split``, ``seed``,
+        ``final_model``, tuning details (``best_params``,
         ``best_iteration``, ``n_trials``, ``class_weight_power``), ``timings_s`` and
         ``published_mean_auc``.
     """
@@ -517,28 +574,50 @@ def run_renttherunway(
     start = time.perf_counter()
     params = tuned.best_params
     booster = _fit_final(X_train, y_train, params, tuned.best_iteration, tuned.class_weight_power)
-    valid_scores = _score(y_valid, np.asarray(booster.predict(X_valid)))
+    valid_multi = np.asarray(booster.predict(X_valid))
+    valid_scores = _score(y_valid, valid_multi)
+    # One-vs-rest binary boosters at the final (halved) learning rate, early-stopped on the
+    # validation rows; blended with the multiclass probabilities.
+    slow = {**params, "learning_rate": params["learning_rate"] / 2}
+    binary = _binary_params(slow)
+    w = BINARY_BLEND_WEIGHT
+    binary_rounds: list[int] = []
+    valid_blend_scores: dict[str, float] | None = None
+    if w > 0:
+        binary_rounds, valid_binary = _tune_binary_rounds(
+            X_train, y_train, X_valid, y_valid, binary
+        )
+        valid_binary = valid_binary / valid_binary.sum(axis=1, keepdims=True)
+        valid_blend_scores = _score(y_valid, (1 - w) * valid_multi + w * valid_binary)
     # ...then refit on train + valid (more history and rows; rounds scaled with the rows):
     # the validation labels are training-side data, the test rows' labels are never read.
     refit = pd.concat([train, valid], ignore_index=True)
     X_refit, (X_test,) = build_features(refit, [test], n_folds=n_folds, seed=seed)
-    # Half the learning rate, twice the rounds, averaged over FINAL_SEEDS bagging seeds: on
-    # the dev split's validation rows this added ~0.0015 mean AUC over the single tuned model.
+    # Half the learning rate, twice the rounds, averaged over FINAL_SEEDS boosters, each with
+    # its own bagging seed *and* its own out-of-fold assignment of the training rows' history
+    # features (the scored rows' features do not depend on the folds): averaging over fold
+    # draws also averages out the noise of the out-of-fold statistics. On the dev split's
+    # validation rows (models trained on the training rows): single tuned model 0.7711 mean
+    # AUC, 4 bagging seeds 0.7718, 4 bagging seeds x 4 fold draws 0.7724.
     rounds = max(1, round(2 * tuned.best_iteration * len(refit) / len(train)))
-    slow = {**params, "learning_rate": params["learning_rate"] / 2}
-    proba = np.mean(
-        [
-            _fit_final(
-                X_refit,
-                refit["label"].to_numpy(),
-                {**slow, "seed": seed + k},
-                rounds,
-                tuned.class_weight_power,
-            ).predict(X_test)
-            for k in range(final_seeds)
-        ],
-        axis=0,
-    )
+    scale = len(refit) / len(train)
+    final_binary_rounds = [max(1, round(r * scale)) for r in binary_rounds]
+    y_refit = refit["label"].to_numpy()
+    probas = []
+    for k in range(final_seeds):
+        if k > 0:
+            X_refit, _ = build_features(refit, [], n_folds=n_folds, seed=seed + k)
+        booster_k = _fit_final(
+            X_refit, y_refit, {**slow, "seed": seed + k}, rounds, tuned.class_weight_power
+        )
+        proba_k = np.asarray(booster_k.predict(X_test))
+        if w > 0:
+            binary_k = _binary_proba(
+                X_refit, y_refit, X_test, {**binary, "seed": seed + k}, final_binary_rounds
+            )
+            proba_k = (1 - w) * proba_k + w * binary_k
+        probas.append(proba_k)
+    proba = np.mean(probas, axis=0)
     scores = _score(y_test, proba)
     timings["final_fit"] = time.perf_counter() - start
     timings["total"] = sum(timings.values())
@@ -551,6 +630,7 @@ def run_renttherunway(
         "seed": seed,
         **scores,
         "valid": valid_scores,
+        "valid_blend": valid_blend_scores,
         "n_train": len(train),
         "n_valid": len(valid),
         "n_test": len(test),
@@ -561,8 +641,11 @@ def run_renttherunway(
         "final_model": {
             "fit_on": "train + valid",
             "n_boosters": final_seeds,
+            "fold_seeds": [seed + k for k in range(final_seeds)],
             "learning_rate": slow["learning_rate"],
             "num_boost_round": rounds,
+            "binary_blend_weight": w,
+            "binary_num_boost_round": final_binary_rounds,
         },
         "tuning": {
             "n_trials": tuned.n_trials,
