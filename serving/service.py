@@ -71,7 +71,9 @@ def error_response(status: int, field: str, message: str) -> Any:
 
 @bentoml.service(
     name="fitml",
-    workers=1,
+    # One worker per core of the 2-core target machine: at 8 concurrent clients this took
+    # /recommend from ~540 to ~900 req/s at a p99 near 20-25 ms (tests/benchmarks).
+    workers=2,
     threads=1,
     traffic={"timeout": 10, "max_concurrency": 256},
     logging={"access": {"enabled": False}},
