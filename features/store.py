@@ -7,9 +7,10 @@ serving uses :func:`open_store` and :func:`online_features`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,11 @@ def open_store(settings: Settings) -> Any:
     from feast import FeatureStore, RepoConfig
 
     raw = yaml.safe_load(settings.feast.config_file.read_text())
-    data = expand_env(raw, {"FITML_WORKDIR": str(settings.workdir), **_environ()})
+    data = expand_env(raw, {"FITML_WORKDIR": str(settings.workdir), **os.environ})
     data["project"] = settings.feast.project
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(repo_path=settings.feast_dir, **data)
     return FeatureStore(config=config)
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def read_offline(settings: Settings, table: str) -> pd.DataFrame:
@@ -204,9 +199,3 @@ def online_features(
             seconds = values.get(f"{fields[0][0]}__ts", [None])[0]
             out[timestamp_key(view)] = seconds or None
     return out
-
-
-def default_window_end(events: pd.DataFrame) -> datetime:
-    """A materialisation end just after the last event."""
-    last = pd.to_datetime(events["event_timestamp"], utc=True).max()
-    return (last + timedelta(seconds=1)).to_pydatetime()

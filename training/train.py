@@ -19,10 +19,8 @@ Artifacts of the parent run, the things people look at when comparing runs:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
@@ -195,23 +193,6 @@ def train(
         metrics=metrics,
         split=split,
         seconds=time.perf_counter() - started,
-    )
-
-
-def write_result(result: TrainResult, path: Path) -> None:
-    """Write a training's summary as JSON."""
-    path.write_text(
-        json.dumps(
-            {
-                "run_id": result.run_id,
-                "fit_model": result.fit_model.__dict__,
-                "size_model": result.size_model.__dict__,
-                "metrics": result.metrics,
-                "seconds": result.seconds,
-            },
-            indent=2,
-            default=str,
-        )
     )
 
 
