@@ -46,7 +46,7 @@ def open_store(settings: Settings) -> Any:
     from feast import FeatureStore, RepoConfig
 
     raw = yaml.safe_load(settings.feast.config_file.read_text())
-    data = expand_env(raw, {"FITML_WORKDIR": str(settings.workdir), **os.environ})
+    data = expand_env(raw, {**os.environ, "FITML_WORKDIR": str(settings.workdir)})
     data["project"] = settings.feast.project
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(repo_path=settings.feast_dir, **data)
