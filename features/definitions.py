@@ -4,9 +4,11 @@ This is the one place every model feature is named. Training reads the feature s
 with ``get_historical_features`` and serving with ``get_online_features``, by the same name;
 the request-time features on top of it come from :mod:`features.transforms`.
 
-Sources are parquet tables written by :mod:`features.aggregates` under ``<workdir>/offline/
-features/``; their paths depend on the work directory, so the definitions are built by a
-function rather than at import time.
+Sources are the tables written by :mod:`features.aggregates`: parquet files under
+``<workdir>/offline/features/`` (``local``) or PostgreSQL tables named after the Feast project
+(``prod``). Where they live depends on the work directory and the profile, so the definitions
+are built by a function rather than at import time; the views, fields and the service are the
+same in both.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_source import DataSource
 from feast.types import Array, Float64, Int64, String
 
 from features.transforms import PER_SIZE_FEATURES, REQUEST_FEATURES, STRING_FEATURES
@@ -118,7 +121,7 @@ class Definitions:
     """The Feast objects of fitml, ready for ``FeatureStore.apply``."""
 
     entities: tuple[Entity, ...]
-    sources: tuple[FileSource | PushSource, ...]
+    sources: tuple[DataSource, ...]
     views: tuple[FeatureView, ...]
     services: tuple[FeatureService, ...]
 
@@ -127,21 +130,47 @@ class Definitions:
         return [*self.entities, *self.sources, *self.views, *self.services]
 
 
-def build_definitions(source_dir: Path) -> Definitions:
-    """Build the definitions with sources under ``source_dir`` (``<view>.parquet`` each)."""
+def build_definitions(
+    source_dir: Path | None = None, *, table_prefix: str | None = None
+) -> Definitions:
+    """Build the definitions, reading either parquet files or PostgreSQL tables.
+
+    Args:
+        source_dir: the views' sources are ``<source_dir>/<view>.parquet`` (``local``).
+        table_prefix: the views' sources are the PostgreSQL tables ``<prefix>_<view>``
+            (``prod``; see :func:`source_table`).
+
+    Raises:
+        ValueError: neither or both given.
+    """
+    if (source_dir is None) == (table_prefix is None):
+        raise ValueError("build_definitions takes exactly one of source_dir and table_prefix")
     entities = {"user": user, "product": product}
-    sources: list[FileSource | PushSource] = []
+    sources: list[DataSource] = []
     views: list[FeatureView | Any] = []
     for name, fields in VIEW_FIELDS.items():
         pushed = name in PUSHED_VIEWS
-        batch = FileSource(
-            name=f"{name}_source",
-            path=str(Path(source_dir).resolve() / f"{name}.parquet"),
-            timestamp_field="event_timestamp",
-            created_timestamp_column=CREATED_TIMESTAMP if pushed else "",
-        )
+        created = CREATED_TIMESTAMP if pushed else ""
+        batch: DataSource
+        if table_prefix is not None:
+            from features.offline_postgres import FeatureTableSource
+
+            batch = FeatureTableSource(
+                name=f"{name}_source",
+                table=source_table(table_prefix, name),
+                timestamp_field="event_timestamp",
+                created_timestamp_column=created,
+            )
+        else:
+            assert source_dir is not None
+            batch = FileSource(
+                name=f"{name}_source",
+                path=str(Path(source_dir).resolve() / f"{name}.parquet"),
+                timestamp_field="event_timestamp",
+                created_timestamp_column=created,
+            )
         sources.append(batch)
-        source: FileSource | PushSource = batch
+        source: DataSource = batch
         if pushed:
             source = PushSource(name=push_source_name(name), batch_source=batch)
             sources.append(source)
@@ -165,6 +194,14 @@ def build_definitions(source_dir: Path) -> Definitions:
         views=tuple(views),
         services=(service,),
     )
+
+
+def source_table(prefix: str, view: str) -> str:
+    """The PostgreSQL table of a view's batch source: ``<prefix>_<view>``.
+
+    The prefix is the Feast project, so projects sharing a database keep apart.
+    """
+    return f"{prefix}_{view}"
 
 
 def push_source_name(view: str) -> str:

@@ -48,25 +48,25 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 
 
 class AsofRetrievalJob(RetrievalJob):
-    """A historical retrieval computed by one DuckDB ``ASOF`` query when first read."""
+    """A historical retrieval computed by one ``ASOF``-style query when first read.
+
+    ``join(encoded)`` computes the joined Arrow table (see :func:`assemble`); the DuckDB
+    and the PostgreSQL stores differ only in it.
+    """
 
     def __init__(
         self,
         entity_df: pd.DataFrame,
-        feature_views: list[FeatureView],
         feature_refs: list[str],
         full_feature_names: bool,
-        repo_path: str,
-        threads: int | None,
         on_demand_feature_views: list[OnDemandFeatureView],
+        join: Callable[[bool], pa.Table],
     ) -> None:
         self._entity_df = entity_df
-        self._views = feature_views
         self._refs = feature_refs
         self._full_feature_names = full_feature_names
-        self._repo_path = repo_path
-        self._threads = threads
         self._odfvs = on_demand_feature_views
+        self._join = join
         ts = pd.to_datetime(entity_df["event_timestamp"], utc=True)
         self._metadata = RetrievalMetadata(
             features=feature_refs,
@@ -93,30 +93,19 @@ class AsofRetrievalJob(RetrievalJob):
     def to_df(self, validation_reference: Any = None, timeout: int | None = None) -> pd.DataFrame:
         """The joined rows as a DataFrame.
 
-        Non-numeric features come from DuckDB as indices into their source column and become
+        Non-numeric features come from the join as indices into their source column and become
         object columns whose rows share the source's values (one array per product chart,
         not one per row): 1M rows with four chart arrays convert in milliseconds, not seconds.
         """
         if validation_reference is not None or self._odfvs:
             return super().to_df(validation_reference=validation_reference, timeout=timeout)
-        return _to_pandas_shared(self._join(encoded=True), self._entity_df)
+        return _to_pandas_shared(self._join(True), self._entity_df)
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return _to_pandas_shared(self._join(encoded=True), self._entity_df)
+        return _to_pandas_shared(self._join(True), self._entity_df)
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        return self._join(encoded=False)
-
-    def _join(self, encoded: bool) -> pa.Table:
-        return asof_join(
-            self._entity_df,
-            self._views,
-            self._refs,
-            full_feature_names=self._full_feature_names,
-            repo_path=self._repo_path,
-            threads=self._threads,
-            encoded=encoded,
-        )
+        return self._join(False)
 
     def persist(
         self,
@@ -124,8 +113,8 @@ class AsofRetrievalJob(RetrievalJob):
         allow_overwrite: bool = False,
         timeout: int | None = None,
     ) -> None:
-        """Saved datasets are not supported by this store."""
-        raise NotImplementedError("AsofDuckDBOfflineStore does not persist saved datasets")
+        """Saved datasets are not supported by the fitml offline stores."""
+        raise NotImplementedError("fitml's offline stores do not persist saved datasets")
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
@@ -191,15 +180,20 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             )
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         threads = getattr(config.offline_store, "threads", None)
-        return AsofRetrievalJob(
-            entity_df,
-            feature_views,
-            feature_refs,
-            full_feature_names,
-            str(config.repo_path),
-            threads,
-            odfvs,
-        )
+        repo_path = str(config.repo_path)
+
+        def join(encoded: bool) -> pa.Table:
+            return asof_join(
+                entity_df,
+                feature_views,
+                feature_refs,
+                full_feature_names=full_feature_names,
+                repo_path=repo_path,
+                threads=threads,
+                encoded=encoded,
+            )
+
+        return AsofRetrievalJob(entity_df, feature_refs, full_feature_names, odfvs, join)
 
 
 def append_parquet(path: Path, table: pa.Table) -> None:
@@ -234,6 +228,25 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def entity_key_columns(entity_df: pd.DataFrame, feature_views: list[FeatureView]) -> list[str]:
+    """The join keys of ``feature_views`` (sorted), checked to be columns of ``entity_df``.
+
+    Raises:
+        ValueError: naming the join keys ``entity_df`` lacks.
+    """
+    key_columns = sorted(
+        {
+            (view.projection.join_key_map or {}).get(c.name, c.name)
+            for view in feature_views
+            for c in view.entity_columns
+        }
+    )
+    missing = [k for k in key_columns if k not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity_df lacks the join key(s) {missing}; add them as columns")
+    return key_columns
+
+
 def asof_join(
     entity_df: pd.DataFrame,
     feature_views: list[FeatureView],
@@ -265,16 +278,7 @@ def asof_join(
 
     n = len(entity_df)
     ts = pd.to_datetime(entity_df["event_timestamp"], utc=True)
-    key_columns = sorted(
-        {
-            (view.projection.join_key_map or {}).get(c.name, c.name)
-            for view in feature_views
-            for c in view.entity_columns
-        }
-    )
-    missing = [k for k in key_columns if k not in entity_df.columns]
-    if missing:
-        raise ValueError(f"entity_df lacks the join key(s) {missing}; add them as columns")
+    key_columns = entity_key_columns(entity_df, feature_views)
     keys_table = pa.table(
         {
             **{
@@ -348,13 +352,45 @@ def asof_join(
         con.close()
     if matches.num_rows != n:
         raise RuntimeError(f"ASOF join returned {matches.num_rows} rows for {n} entity rows")
+    picks = []
+    for index_column, path, features, names in plans:
+        source_table = pq.read_table(path, columns=features)
+        picks.append((matches.column(index_column), source_table, features, names))
+    return assemble(entity_df, matches.column(_ROW), picks, encoded=encoded)
+
+
+Pick = tuple[pa.ChunkedArray | pa.Array, pa.Table, list[str], list[str]]
+"""One view's part of a join: per match row, the row of ``table`` it picked (null: none);
+the features to take from ``table`` and the output names they get."""
+
+
+def assemble(
+    entity_df: pd.DataFrame,
+    entity_rows: pa.ChunkedArray | pa.Array,
+    picks: list[Pick],
+    *,
+    encoded: bool = False,
+) -> pa.Table:
+    """Build the joined table: ``entity_df``'s columns, then each pick's features.
+
+    Args:
+        entity_df: the entity rows, in the order the output keeps.
+        entity_rows: per match row, the position of its entity row in ``entity_df`` (a
+            permutation of ``0..n-1``: the join may return its rows in any order).
+        picks: per view, the picked source rows and what to take from them.
+        encoded: return non-numeric features dictionary-encoded (indices into the source
+            column) instead of copied per row.
+    """
+    n = len(entity_df)
     # Back to entity_df's order without a sort: row ids are a permutation of 0..n-1.
     order = np.empty(n, dtype=np.int64)
-    order[matches.column(_ROW).to_numpy()] = np.arange(n, dtype=np.int64)
+    order[np.asarray(entity_rows, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+    taken = pa.array(order)
     out = pa.Table.from_pandas(entity_df, preserve_index=False)
-    for index_column, path, features, names in plans:
-        rows = matches.column(index_column).take(pa.array(order)).combine_chunks()
-        source_table = pq.read_table(path, columns=features)
+    for picked, source_table, features, names in picks:
+        rows = picked.take(taken)
+        if isinstance(rows, pa.ChunkedArray):
+            rows = rows.combine_chunks()
         for feature, name in zip(features, names, strict=True):
             column = source_table.column(feature).combine_chunks()
             if encoded and not _is_numeric(column.type):

@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.aggregates import build_feature_tables, utc_ns
-from features.definitions import FEATURE_SERVICE, build_definitions
+from features.aggregates import FEATURE_TABLES, FeatureTables, build_feature_tables, utc_ns
+from features.definitions import (
+    CREATED_TIMESTAMP,
+    FEATURE_SERVICE,
+    PUSHED_VIEWS,
+    VIEW_ENTITY,
+    build_definitions,
+    source_table,
+)
 from features.transforms import request_features
 from ml_pipeline.settings import Settings, expand_env
 
@@ -97,11 +104,26 @@ class ApplyResult:
     views: tuple[str, ...]
     service: str
     source_dir: Path
+    offline_store: str
+    """Where Feast reads the views' history: ``parquet`` files in ``source_dir`` or
+    ``postgresql`` tables ``<project>_<view>``."""
     seconds: float
 
 
+def uses_postgres(store: Any) -> bool:
+    """Whether the store's offline tables live in PostgreSQL (the ``prod`` profile)."""
+    return str(getattr(store.config.offline_store, "type", "")).endswith(
+        "AsofPostgreSQLOfflineStore"
+    )
+
+
 def apply(settings: Settings) -> ApplyResult:
-    """Compute the feature tables from the ingested data and register the definitions."""
+    """Compute the feature tables from the ingested data and register the definitions.
+
+    The tables are written to parquet under the work directory (what the session service
+    reads its size charts from) and, when the profile's offline store is PostgreSQL, loaded
+    into it: each table is replaced whole, in one transaction.
+    """
     started = time.perf_counter()
     tables = build_feature_tables(
         read_offline(settings, "users"),
@@ -111,15 +133,73 @@ def apply(settings: Settings) -> ApplyResult:
     )
     source_dir = feature_source_dir(settings)
     tables.write(source_dir)
-    definitions = build_definitions(source_dir)
     store = open_store(settings)
+    if uses_postgres(store):
+        prefix = settings.feast.project
+        load_postgres_tables(store, tables, prefix)
+        definitions = build_definitions(table_prefix=prefix)
+    else:
+        definitions = build_definitions(source_dir)
     store.apply(definitions.objects())
     return ApplyResult(
         views=tuple(v.name for v in definitions.views),
         service=FEATURE_SERVICE,
         source_dir=source_dir,
+        offline_store="postgresql" if uses_postgres(store) else "parquet",
         seconds=time.perf_counter() - started,
     )
+
+
+def load_postgres_tables(store: Any, tables: FeatureTables, prefix: str) -> dict[str, int]:
+    """Replace the PostgreSQL tables ``<prefix>_<view>`` by ``tables``; rows per table."""
+    from feast.infra.utils.postgres.connection_utils import _get_conn
+
+    from features.offline_postgres import replace_table
+
+    written = {}
+    with _get_conn(store.config.offline_store) as conn:
+        for view in FEATURE_TABLES:
+            written[view] = replace_table(
+                conn,
+                source_table(prefix, view),
+                getattr(tables, view),
+                [f"{VIEW_ENTITY[view]}_id"],
+                created_timestamp_column=CREATED_TIMESTAMP if view in PUSHED_VIEWS else "",
+            )
+    return written
+
+
+def forget_offline_user(store: Any, user_id: str) -> dict[str, int]:
+    """Delete ``user_id``'s rows from the PostgreSQL tables of the user-keyed views.
+
+    Returns:
+        Table -> rows deleted; empty when the offline tables are parquet files (the work
+        directory's files are rewritten by the caller).
+    """
+    if not uses_postgres(store):
+        return {}
+    from feast.infra.utils.postgres.connection_utils import _get_conn
+
+    from features.offline_postgres import check_identifier
+
+    removed = {}
+    views = [v for v in store.list_feature_views() if "user_id" in v.join_keys]
+    with _get_conn(store.config.offline_store) as conn, conn.transaction():
+        for view in views:
+            table = check_identifier(view.batch_source.get_table_query_string())
+            cursor = conn.execute(f"DELETE FROM {table} WHERE user_id = %s", (user_id,))
+            removed[table] = cursor.rowcount
+    return removed
+
+
+def drop_postgres_tables(store: Any, prefix: str) -> list[str]:
+    """Drop the PostgreSQL feature tables of project ``prefix`` (tests and ``forget``)."""
+    from feast.infra.utils.postgres.connection_utils import _get_conn
+
+    from features.offline_postgres import drop_tables
+
+    with _get_conn(store.config.offline_store) as conn:
+        return drop_tables(conn, prefix)
 
 
 def materialize(settings: Settings, end: datetime | None = None) -> float:
