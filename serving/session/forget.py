@@ -97,6 +97,10 @@ def forget_user(
             report.removed[f"jsonl:{path.relative_to(settings.workdir)}"] = n
 
     if (settings.feast_dir).exists():
+        from features.store import forget_offline_user, open_store
+
+        for table, n in forget_offline_user(open_store(settings), user_id).items():
+            report.removed[f"offline:{table}"] = n
         for view, n in _forget_online(settings, user_id).items():
             report.removed[f"online:{view}"] = n
     report.notes.append(

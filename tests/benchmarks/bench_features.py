@@ -4,15 +4,17 @@ Run by ``make bench``::
 
     python -m tests.benchmarks.bench_features --out var/bench/features.json
 
-Writes medians (and p50/p99 for latencies) as JSON. Synthetic data is generated and ingested
-under ``--workdir`` once per size and reused. Redis / PostgreSQL figures need the servers
-(``FITML_TEST_REDIS``, ``FITML_TEST_POSTGRES`` or the defaults); without them those entries
-say why they are missing.
+Writes medians (and p50/p99 for latencies) as JSON; the training set is built on the
+``local`` profile (DuckDB) and the ``prod`` profile (PostgreSQL), with their ratio. Synthetic
+data is generated and ingested under ``--workdir`` once per size and reused. Redis /
+PostgreSQL figures need the servers (``FITML_TEST_REDIS``, ``FITML_TEST_POSTGRES`` or the
+defaults); without them those entries say why they are missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -21,7 +23,7 @@ import socket
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -52,12 +54,28 @@ def _timed(func: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def bench_training_set(workdir: Path, events: int, repeats: int) -> dict[str, Any]:
-    """Apply (aggregate job + registry) once, then build the training set ``repeats`` times."""
-    from features import store as fs
+def bench_training_set(
+    workdir: Path, events: int, repeats: int, profile: str = "local"
+) -> dict[str, Any]:
+    """Apply (aggregate job + registry) once, then build the training set ``repeats`` times.
+
+    ``profile`` ``prod`` joins in PostgreSQL (:mod:`features.offline_postgres`) instead of
+    DuckDB (:mod:`features.offline`).
+    """
     from ml_pipeline.settings import load_settings
 
-    settings = load_settings("local", _prepare(workdir, events))
+    work = _prepare(workdir, events)
+    if profile == "prod":
+        with _prod_settings(work) as prod:
+            if prod is None:
+                return {"events": events, "skipped": "Redis or PostgreSQL not reachable"}
+            return _bench_training_set(prod, events, repeats)
+    return _bench_training_set(load_settings(profile, work), events, repeats)
+
+
+def _bench_training_set(settings: Any, events: int, repeats: int) -> dict[str, Any]:
+    from features import store as fs
+
     apply_s = _timed(lambda: fs.apply(settings))
     runs = []
     rows = 0
@@ -70,6 +88,7 @@ def bench_training_set(workdir: Path, events: int, repeats: int) -> dict[str, An
         del frame
     return {
         "events": events,
+        "profile": settings.profile,
         "rows": rows,
         "apply_s": round(apply_s, 3),
         "training_set_median_s": round(statistics.median(runs), 3),
@@ -163,8 +182,13 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def bench_redis(workdir: Path, events: int, calls: int) -> dict[str, Any]:
-    """The online figures on the prod profile: Redis online store, PostgreSQL registry."""
+@contextlib.contextmanager
+def _prod_settings(work: Path) -> Iterator[Any]:
+    """The prod profile on ``work`` under a project of its own (None: servers unreachable).
+
+    Afterwards the project's registry entries, offline tables, Redis keys and pushed
+    feedback files are removed.
+    """
     import redis
 
     from features import store as fs
@@ -176,23 +200,34 @@ def bench_redis(workdir: Path, events: int, calls: int) -> dict[str, Any]:
     if not _reachable(parsed.hostname or "127.0.0.1", parsed.port or 6379) or not _reachable(
         urlparse(pg).hostname or "127.0.0.1", urlparse(pg).port or 5432
     ):
-        return {"skipped": "Redis or PostgreSQL not reachable"}
+        yield None
+        return
     db = (parsed.path or "/0").lstrip("/") or "0"
     os.environ["FITML_REDIS"] = f"{parsed.hostname}:{parsed.port or 6379},db={db}"
     os.environ["FITML_FEAST_REGISTRY_URL"] = pg.replace("postgresql://", "postgresql+psycopg://")
-    work = _prepare(workdir, events)
+    os.environ["FITML_FEAST_OFFLINE_URL"] = pg
     base = load_settings("prod", work)
     project = f"fitml_bench_{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(update={"feast": base.feast.model_copy(update={"project": project})})
     try:
-        return bench_online(settings, calls)
+        yield settings
     finally:
-        fs.open_store(settings).delete_project(project)
+        store = fs.open_store(settings)
+        fs.drop_postgres_tables(store, project)
+        store.delete_project(project)
         client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(match=f"*{project}*".encode(), count=1000):
             client.delete(key)
         for path in (fs.feedback_dir(settings)).glob("*.parquet"):
             path.unlink()
+
+
+def bench_redis(workdir: Path, events: int, calls: int) -> dict[str, Any]:
+    """The online figures on the prod profile: Redis online store, PostgreSQL registry."""
+    with _prod_settings(_prepare(workdir, events)) as settings:
+        if settings is None:
+            return {"skipped": "Redis or PostgreSQL not reachable"}
+        return bench_online(settings, calls)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -214,7 +249,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_start": list(os.getloadavg()),
         "training_set": [bench_training_set(workdir, n, args.repeats) for n in args.events],
+        "training_set_postgres": [
+            bench_training_set(workdir, n, args.repeats, "prod") for n in args.events
+        ],
     }
+    for local_run, prod_run in zip(
+        result["training_set"], result["training_set_postgres"], strict=True
+    ):
+        if "training_set_median_s" in prod_run:
+            prod_run["ratio_to_duckdb"] = round(
+                prod_run["training_set_median_s"] / local_run["training_set_median_s"], 2
+            )
     local = load_settings("local", _prepare(workdir, args.online_events))
     try:
         result["online_sqlite"] = bench_online(local, args.calls)

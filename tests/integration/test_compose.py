@@ -14,6 +14,7 @@ VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 RUNTIME = {"FITML_WORKDIR", "FITML_REPO", "FITML_TRIALS"}
 SERVICE_OF = {
     "FITML_FEAST_REGISTRY_URL": "postgres",
+    "FITML_FEAST_OFFLINE_URL": "postgres",
     "FITML_OPTUNA_STORAGE": "postgres",
     "FITML_REDIS": "redis",
     "FITML_MLFLOW_TRACKING_URI": "mlflow",
@@ -68,9 +69,10 @@ def test_addresses_match_published_ports_and_profile_defaults() -> None:
 
 def test_postgres_database_and_user_match_the_profile() -> None:
     env = _compose()["services"]["postgres"]["environment"]
-    url = urlparse(_compose()["x-fitml-env"]["FITML_FEAST_REGISTRY_URL"])
-    assert url.path.lstrip("/") == env["POSTGRES_DB"]
-    assert url.username == env["POSTGRES_USER"]
+    for name in ("FITML_FEAST_REGISTRY_URL", "FITML_FEAST_OFFLINE_URL", "FITML_OPTUNA_STORAGE"):
+        url = urlparse(_compose()["x-fitml-env"][name])
+        assert url.path.lstrip("/") == env["POSTGRES_DB"], name
+        assert url.username == env["POSTGRES_USER"], name
     assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
     mlflow_command = _compose()["services"]["mlflow"]["command"]
     assert f"@postgres:5432/{env['POSTGRES_DB']}" in mlflow_command
