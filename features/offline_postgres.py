@@ -368,24 +368,42 @@ def drop_tables(conn: Any, prefix: str) -> list[str]:
     return names
 
 
-def _read_csv(data: bytes, types: dict[str, pa.DataType]) -> pa.Table:
+_CHUNK_ROWS = 8192
+"""Rows packed into one CSV text value by :func:`_fetch_csv`."""
+
+
+def _fetch_csv(cursor: Any, query: str, types: dict[str, pa.DataType]) -> pa.Table:
+    """The rows of ``query`` (columns ``types``; the first a bigint) as an Arrow table.
+
+    The server packs the rows into CSV text, ~8k rows per value: the client receives a
+    hundred messages for a million rows instead of a million (row-at-a-time ``COPY`` cost
+    ~3 s of client CPU per million rows, taken from the server on a two-core machine).
+    Row order is not kept.
+    """
     import pyarrow.csv as pcsv
 
+    names = list(types)
+    cells = " || ',' || ".join(_csv_cell(f"q.{name}", kind) for name, kind in types.items())
+    cursor.execute(
+        f"SELECT string_agg({cells}, E'\\n') FROM ({query}) q GROUP BY q.{names[0]} / {_CHUNK_ROWS}"
+    )
+    text = "\n".join(row[0] for row in cursor.fetchall())
+    if not text:
+        return pa.table({name: pa.array([], type=kind) for name, kind in types.items()})
     return pcsv.read_csv(
-        io.BytesIO(data),
-        read_options=pcsv.ReadOptions(column_names=list(types)),
+        io.BytesIO(text.encode()),
+        read_options=pcsv.ReadOptions(column_names=names),
         convert_options=pcsv.ConvertOptions(
             column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
         ),
     )
 
 
-def _copy_out(cursor: Any, query: str) -> bytes:
-    buffer = io.BytesIO()
-    with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
-        for chunk in copy:
-            buffer.write(chunk)
-    return buffer.getvalue()
+def _csv_cell(column: str, kind: pa.DataType) -> str:
+    """SQL for one CSV cell: empty for NULL, strings quoted (so an empty string stays one)."""
+    if pa.types.is_string(kind):
+        return f"""coalesce('"' || replace({column}, '"', '""') || '"', '')"""
+    return f"coalesce({column}::text, '')"
 
 
 def _read_features(cursor: Any, name: str, view: FeatureView, features: list[str]) -> pa.Table:
@@ -394,15 +412,18 @@ def _read_features(cursor: Any, name: str, view: FeatureView, features: list[str
 
     kinds = {f.name: feast_value_type_to_pa(f.dtype.to_value_type()) for f in view.features}
     types = {ROW_ID: pa.int64(), **{f: kinds[f] for f in features}}
-    query = f"SELECT {', '.join(types)} FROM {name} ORDER BY {ROW_ID}"
+    query = f"SELECT {', '.join(types)} FROM {name}"
     if any(pa.types.is_list(t) for t in types.values()):
+        # Arrays (the size charts: one row per product): psycopg adapts them to lists.
         cursor.execute(query)
         rows = cursor.fetchall()
         columns: list[list[Any]] = [[row[j] for row in rows] for j in range(len(types))]
-        return pa.table(
+        table = pa.table(
             {c: pa.array(v, type=t) for (c, t), v in zip(types.items(), columns, strict=True)}
         )
-    return _read_csv(_copy_out(cursor, query), types)
+    else:
+        table = _fetch_csv(cursor, query, types)
+    return table.sort_by(ROW_ID)
 
 
 def postgres_asof_join(
@@ -436,8 +457,6 @@ def postgres_asof_join(
             "pos": pa.array(np.arange(n, dtype=np.int64)),
         }
     )
-    query, plans = _match_query(feature_views, feature_refs, key_columns, full_feature_names)
-    types = {"pos": pa.int64(), **{f"v{i}": pa.int64() for i in range(len(plans))}}
     workers = max(1, min(int(getattr(config, "workers", 1) or 1), n // _ROWS_PER_WORKER))
     bounds = np.linspace(0, n, workers + 1).astype(int)
     parts = [entity_rows.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
@@ -448,6 +467,11 @@ def postgres_asof_join(
             if workers > 1:
                 row = cursor.execute("SELECT pg_export_snapshot()").fetchone()
                 snapshot = str(row[0]) if row else ""
+            unique = _one_row_per_key(cursor, feature_views, n)
+            query, plans = _match_query(
+                feature_views, feature_refs, key_columns, full_feature_names, unique
+            )
+            types = {"pos": pa.int64(), **{f"v{i}": pa.int64() for i in range(len(plans))}}
             with ThreadPoolExecutor(max_workers=max(1, workers - 1)) as pool:
                 others = [
                     pool.submit(_match_in_snapshot, config, snapshot, part, query, types)
@@ -461,12 +485,45 @@ def postgres_asof_join(
             picks: list[Pick] = []
             for i, (name, view, features, names) in enumerate(plans):
                 source_table = _read_features(cursor, name, view, features)
-                ids = source_table.column(ROW_ID).to_numpy()
-                picked = matches.column(f"v{i}").combine_chunks()
-                positions = np.searchsorted(ids, picked.fill_null(0).to_numpy())
-                mask = picked.is_null().to_numpy(zero_copy_only=False)
-                picks.append((pa.array(positions, mask=mask), source_table, features, names))
+                rest = (source_table, features, names)
+                picks.append((_positions(source_table, matches.column(f"v{i}")), *rest))
     return assemble(entity_df, matches.column("pos"), picks, encoded=encoded)
+
+
+def _positions(source_table: pa.Table, picked: pa.ChunkedArray) -> pa.Array:
+    """Row ids picked by the join -> positions in ``source_table`` (null stays null)."""
+    ids = source_table.column(ROW_ID).to_numpy()
+    lookup = np.full(int(ids.max()) + 1 if len(ids) else 1, -1, dtype=np.int64)
+    lookup[ids] = np.arange(len(ids), dtype=np.int64)
+    chosen = picked.combine_chunks()
+    positions = lookup[chosen.fill_null(0).to_numpy()]
+    mask = chosen.is_null().to_numpy(zero_copy_only=False)
+    if (positions[~mask] < 0).any():
+        raise RuntimeError("the join picked a row the table read did not return")
+    return pa.array(positions, mask=mask)
+
+
+def _one_row_per_key(cursor: Any, feature_views: list[FeatureView], rows: int) -> frozenset[str]:
+    """The views' tables that hold at most one row per entity (profiles, catalogue).
+
+    Those are joined by one hash join instead of one index probe per entity row. Only
+    tables much smaller than the entity rows are checked (the check reads the table).
+    """
+    unique = set()
+    for view in feature_views:
+        _, name = _source_table(view)
+        found = cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (name,)
+        ).fetchone()
+        if not found or found[0] > max(rows // 4, 1000):
+            continue
+        keys = ", ".join(check_identifier(c.name) for c in view.entity_columns)
+        dupes = cursor.execute(
+            f"SELECT 1 FROM {name} GROUP BY {keys} HAVING count(*) > 1 LIMIT 1"
+        ).fetchone()
+        if dupes is None:
+            unique.add(name)
+    return frozenset(unique)
 
 
 _ROWS_PER_WORKER = 100_000
@@ -478,12 +535,14 @@ def _match_query(
     feature_refs: list[str],
     key_columns: list[str],
     full_feature_names: bool,
+    unique: frozenset[str] = frozenset(),
 ) -> tuple[str, list[tuple[str, FeatureView, list[str], list[str]]]]:
     """The query matching entity rows (``fitml_entity_rows``) to row ids, and what to read.
 
     Per view: a ``LEFT JOIN LATERAL`` that is one index probe, the latest row of the entity
     at or before the entity row's time (within the view's TTL), ties broken by the created
-    timestamp then insertion order.
+    timestamp then insertion order. Tables in ``unique`` (at most one row per entity) are
+    joined on the same conditions by a plain ``LEFT JOIN``.
     """
     selects, joins = ["e.pos"], []
     plans: list[tuple[str, FeatureView, list[str], list[str]]] = []
@@ -500,22 +559,29 @@ def _match_query(
                 "key in its schema (or read the view from the registry)"
             )
         keys = [(view.projection.join_key_map or {}).get(k, k) for k in source_keys]
+        alias = f"v{len(plans)}"
+        t = alias if name in unique else "f"  # the feature table's alias in the conditions
         where = [
-            *(f"f.{s} = e.k{key_columns.index(k)}" for s, k in zip(source_keys, keys, strict=True)),
-            f"f.{TS_NS} <= e.ts",
+            *(
+                f"{t}.{s} = e.k{key_columns.index(k)}"
+                for s, k in zip(source_keys, keys, strict=True)
+            ),
+            f"{t}.{TS_NS} <= e.ts",
         ]
         if view.ttl and view.ttl > timedelta(0):
-            where.append(f"f.{TS_NS} >= e.ts - {int(view.ttl.total_seconds() * 1e9)}")
-        order = [*(f"f.{s}" for s in source_keys), f"f.{TS_NS} DESC"]
-        if source.created_timestamp_column:
-            created = check_identifier(source.created_timestamp_column)
-            order.append(f"f.{created} DESC NULLS LAST")
-        order.append(f"f.{ROW_ID} DESC")
-        alias = f"v{len(plans)}"
-        joins.append(
-            f"LEFT JOIN LATERAL (SELECT f.{ROW_ID} FROM {name} f WHERE {' AND '.join(where)} "
-            f"ORDER BY {', '.join(order)} LIMIT 1) {alias} ON true"
-        )
+            where.append(f"{t}.{TS_NS} >= e.ts - {int(view.ttl.total_seconds() * 1e9)}")
+        if name in unique:
+            joins.append(f"LEFT JOIN {name} {alias} ON {' AND '.join(where)}")
+        else:
+            order = [*(f"f.{s}" for s in source_keys), f"f.{TS_NS} DESC"]
+            if source.created_timestamp_column:
+                created = check_identifier(source.created_timestamp_column)
+                order.append(f"f.{created} DESC NULLS LAST")
+            order.append(f"f.{ROW_ID} DESC")
+            joins.append(
+                f"LEFT JOIN LATERAL (SELECT f.{ROW_ID} FROM {name} f WHERE {' AND '.join(where)} "
+                f"ORDER BY {', '.join(order)} LIMIT 1) {alias} ON true"
+            )
         selects.append(f"{alias}.{ROW_ID} AS {alias}")
         names = [f"{prefix}__{f}" if full_feature_names else f for f in features]
         plans.append((name, view, features, names))
@@ -533,7 +599,7 @@ def _match(
     )
     _copy_in(cursor, "fitml_entity_rows", part)
     cursor.execute("ANALYZE fitml_entity_rows")
-    return _read_csv(_copy_out(cursor, query), types)
+    return _fetch_csv(cursor, query, types)
 
 
 def _match_in_snapshot(

@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = (ROOT / "ml_pipeline/profiles/prod.yaml", ROOT / "features/profiles/prod.yaml")
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
-RUNTIME = {"FITML_WORKDIR", "FITML_REPO", "FITML_TRIALS"}
+RUNTIME = {"FITML_WORKDIR", "FITML_REPO", "FITML_TRIALS", "FITML_FEAST_PROJECT"}
 SERVICE_OF = {
     "FITML_FEAST_REGISTRY_URL": "postgres",
     "FITML_FEAST_OFFLINE_URL": "postgres",

@@ -8,6 +8,10 @@ tables and Redis keys, afterwards.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -136,6 +140,29 @@ def test_postgres_join_equals_the_duckdb_join_also_when_split(
     pd.testing.assert_frame_equal(fs.training_set(prod), local)
 
 
+def test_profile_updates_are_joined_as_of_each_event(prod: Settings) -> None:
+    # A shopper updates their measurements mid-history: the profile table has two rows for
+    # them, so it is probed per event rather than hash-joined, and events after the update
+    # see the new waist.
+    users_path = prod.offline_dir / "users.parquet"
+    users = pd.read_parquet(users_path)
+    events = fs.read_events(prod)
+    shopper = events["user_id"].value_counts().index[0]
+    when = events.loc[events["user_id"] == shopper, "event_timestamp"].median()
+    update = users[users["user_id"] == shopper].assign(
+        waist_cm=lambda f: f["waist_cm"] + 7.0, event_timestamp=when
+    )
+    pd.concat([users, update], ignore_index=True).to_parquet(users_path, index=False)
+    fs.apply(prod)
+    training = fs.training_set(prod)
+    pd.testing.assert_frame_equal(training, _local_training_set(prod))
+    rows = training[training["user_id"] == shopper]
+    later = rows["event_timestamp"] >= when
+    assert later.any() and (~later).any()
+    assert (rows.loc[later, "user_waist_cm"] == float(update["waist_cm"].iloc[0])).all()
+    assert (rows.loc[~later, "user_waist_cm"] == float(update["waist_cm"].iloc[0]) - 7.0).all()
+
+
 def test_reapply_replaces_the_tables_and_forget_deletes_the_user(
     prod: Settings, postgres_dsn: str
 ) -> None:
@@ -151,3 +178,38 @@ def test_reapply_replaces_the_tables_and_forget_deletes_the_user(
     with psycopg.connect(postgres_dsn) as conn:
         left = conn.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", (user,))
         assert left.fetchone() == (0,)
+
+
+def _cli_training_set(workdir: Path, profile: str, out: Path, project: str) -> pd.DataFrame:
+    env = {**os.environ, "FITML_FEAST_PROJECT": project}
+    command = [sys.executable, "-m", "ml_pipeline.cli", "features", "training-set"]
+    subprocess.run(
+        [*command, "--profile", profile, "--workdir", str(workdir), "--out", str(out)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    return pd.read_parquet(out)
+
+
+def test_cli_training_set_on_prod_equals_local_and_ignores_later_events(
+    prod: Settings, tmp_path: Path
+) -> None:
+    project = prod.feast.project
+    full = _cli_training_set(prod.workdir, "prod", tmp_path / "prod.parquet", project)
+    local = _cli_training_set(prod.workdir, "local", tmp_path / "local.parquet", project)
+    pd.testing.assert_frame_equal(full, local)
+    assert len(full) == len(fs.read_events(prod))
+
+    # The same events truncated at T, ingested into another work directory (same project:
+    # its tables are replaced): identical rows for every event before T.
+    cutoff = full["event_timestamp"].quantile(0.5)
+    truncated_dir = tmp_path / "truncated"
+    shutil.copytree(prod.workdir / "offline", truncated_dir / "offline")
+    events_path = truncated_dir / "offline" / "events.parquet"
+    events = pd.read_parquet(events_path)
+    events[events["event_timestamp"] < cutoff].to_parquet(events_path, index=False)
+    truncated = _cli_training_set(truncated_dir, "prod", tmp_path / "cut.parquet", project)
+    before = full[full["event_timestamp"] < cutoff].reset_index(drop=True)
+    assert len(truncated) == len(before) > 0
+    pd.testing.assert_frame_equal(truncated, before)

@@ -118,3 +118,15 @@ def test_match_query_probes_each_view_once_within_its_ttl() -> None:
     # TTLs: two years of history, one year of product stats; profiles and charts never age.
     assert query.count("f.fitml_ts_ns >= e.ts - ") == 2
     assert "f.user_id = e.k1" in query and "f.product_id = e.k0" in query
+
+
+def test_tables_with_one_row_per_entity_are_hash_joined_on_the_same_conditions() -> None:
+    views = list(build_definitions(table_prefix="fitml").views)
+    refs = [f"{v.name}:{f.name}" for v in views for f in v.features]
+    unique = frozenset({"fitml_user_profile", "fitml_product_attrs"})
+    query, _ = _match_query(views, refs, ["product_id", "user_id"], False, unique)
+    assert query.count("LEFT JOIN LATERAL") == 2
+    assert (
+        "LEFT JOIN fitml_user_profile v0 ON v0.user_id = e.k1 AND v0.fitml_ts_ns <= e.ts" in query
+    )
+    assert "LEFT JOIN fitml_product_attrs v2 ON v2.product_id = e.k0" in query
