@@ -35,8 +35,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def clone_workdir(source: Path, target: Path, profile: str = "local") -> Settings:
-    """Copy a trained work directory and point its feature views at the copy's sources.
+def clone_workdir(source: Path, target: Path) -> Settings:
+    """Copy a trained ``local``-profile work directory; its feature views read the copy's files.
 
     Model artifacts are not copied: the registry in the copied MLflow database still refers
     to the originals, which are only read.
@@ -47,7 +47,7 @@ def clone_workdir(source: Path, target: Path, profile: str = "local") -> Setting
     shutil.copytree(
         source, target, ignore=shutil.ignore_patterns("mlartifacts", "bentoml", "session")
     )
-    settings = load_settings(profile, target)
+    settings = load_settings("local", target)
     definitions = build_definitions(feature_source_dir(settings))
     open_store(settings).apply(definitions.objects())
     return settings

@@ -56,11 +56,14 @@ def _timed(func: Callable[[], Any]) -> float:
 
 def bench_training_set(
     workdir: Path, events: int, repeats: int, profile: str = "local"
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
     """Apply (aggregate job + registry) once, then build the training set ``repeats`` times.
 
     ``profile`` ``prod`` joins in PostgreSQL (:mod:`features.offline_postgres`) instead of
     DuckDB (:mod:`features.offline`).
+
+    Returns:
+        The figures, and the last training set built (None when skipped).
     """
     from ml_pipeline.settings import load_settings
 
@@ -68,32 +71,51 @@ def bench_training_set(
     if profile == "prod":
         with _prod_settings(work) as prod:
             if prod is None:
-                return {"events": events, "skipped": "Redis or PostgreSQL not reachable"}
+                return {"events": events, "skipped": "Redis or PostgreSQL not reachable"}, None
             return _bench_training_set(prod, events, repeats)
     return _bench_training_set(load_settings(profile, work), events, repeats)
 
 
-def _bench_training_set(settings: Any, events: int, repeats: int) -> dict[str, Any]:
+def _bench_training_set(
+    settings: Any, events: int, repeats: int
+) -> tuple[dict[str, Any], pd.DataFrame]:
     from features import store as fs
 
     apply_s = _timed(lambda: fs.apply(settings))
     runs = []
-    rows = 0
+    frame = pd.DataFrame()
     for _ in range(repeats):
+        del frame
         gc.collect()
         started = time.perf_counter()
         frame = fs.training_set(settings)
         runs.append(time.perf_counter() - started)
-        rows = len(frame)
-        del frame
-    return {
+    figures = {
         "events": events,
         "profile": settings.profile,
-        "rows": rows,
+        "rows": len(frame),
         "apply_s": round(apply_s, 3),
         "training_set_median_s": round(statistics.median(runs), 3),
         "training_set_runs_s": [round(r, 3) for r in runs],
     }
+    return figures, frame
+
+
+def bench_profiles(workdir: Path, events: int, repeats: int) -> dict[str, Any]:
+    """The training set on both profiles, their time ratio and whether they are identical."""
+    local, local_frame = bench_training_set(workdir, events, repeats)
+    prod, prod_frame = bench_training_set(workdir, events, repeats, "prod")
+    if prod_frame is not None:
+        prod["ratio_to_duckdb"] = round(
+            prod["training_set_median_s"] / local["training_set_median_s"], 2
+        )
+        try:
+            pd.testing.assert_frame_equal(prod_frame, local_frame)
+            prod["identical_to_local"] = True
+        except AssertionError as exc:
+            prod["identical_to_local"] = False
+            prod["difference"] = str(exc)[:500]
+    return {"local": local, "prod": prod}
 
 
 def _latencies(func: Callable[[], Any], calls: int) -> dict[str, float]:
@@ -248,18 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_start": list(os.getloadavg()),
-        "training_set": [bench_training_set(workdir, n, args.repeats) for n in args.events],
-        "training_set_postgres": [
-            bench_training_set(workdir, n, args.repeats, "prod") for n in args.events
-        ],
+        "training_set": [bench_profiles(workdir, n, args.repeats) for n in args.events],
     }
-    for local_run, prod_run in zip(
-        result["training_set"], result["training_set_postgres"], strict=True
-    ):
-        if "training_set_median_s" in prod_run:
-            prod_run["ratio_to_duckdb"] = round(
-                prod_run["training_set_median_s"] / local_run["training_set_median_s"], 2
-            )
     local = load_settings("local", _prepare(workdir, args.online_events))
     try:
         result["online_sqlite"] = bench_online(local, args.calls)
