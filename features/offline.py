@@ -75,6 +75,29 @@ class AsofRetrievalJob(RetrievalJob):
             max_event_timestamp=ts.max() if len(ts) else None,
         )
 
+    @classmethod
+    def checked(
+        cls,
+        entity_df: pd.DataFrame,
+        feature_refs: list[str],
+        full_feature_names: bool,
+        project: str,
+        registry: BaseRegistry,
+        join: Callable[[bool], pa.Table],
+    ) -> AsofRetrievalJob:
+        """The job for ``entity_df``, after checking it has ``event_timestamp``.
+
+        Raises:
+            ValueError: naming the columns ``entity_df`` has instead.
+        """
+        if "event_timestamp" not in entity_df.columns:
+            raise ValueError(
+                "entity_df needs an 'event_timestamp' column; got "
+                f"{', '.join(map(str, entity_df.columns))}"
+            )
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        return cls(entity_df, feature_refs, full_feature_names, odfvs, join)
+
     @property
     def full_feature_names(self) -> bool:
         """Whether features are named ``view__feature``."""
@@ -173,12 +196,6 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 full_feature_names,
                 filter_by_created_timestamp,
             )
-        if "event_timestamp" not in entity_df.columns:
-            raise ValueError(
-                "entity_df needs an 'event_timestamp' column; got "
-                f"{', '.join(map(str, entity_df.columns))}"
-            )
-        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         threads = getattr(config.offline_store, "threads", None)
         repo_path = str(config.repo_path)
 
@@ -193,7 +210,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 encoded=encoded,
             )
 
-        return AsofRetrievalJob(entity_df, feature_refs, full_feature_names, odfvs, join)
+        return AsofRetrievalJob.checked(
+            entity_df, feature_refs, full_feature_names, project, registry, join
+        )
 
 
 def append_parquet(path: Path, table: pa.Table) -> None:

@@ -49,7 +49,6 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 )
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
-from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from pydantic import model_validator
 
@@ -189,12 +188,6 @@ class AsofPostgreSQLOfflineStore(PostgreSQLOfflineStore):
                 filter_by_created_timestamp,
                 **kwargs,
             )
-        if "event_timestamp" not in entity_df.columns:
-            raise ValueError(
-                "entity_df needs an 'event_timestamp' column; got "
-                f"{', '.join(map(str, entity_df.columns))}"
-            )
-        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         offline = config.offline_store
 
         def join(encoded: bool) -> pa.Table:
@@ -207,7 +200,9 @@ class AsofPostgreSQLOfflineStore(PostgreSQLOfflineStore):
                 encoded=encoded,
             )
 
-        return AsofRetrievalJob(entity_df, feature_refs, full_feature_names, odfvs, join)
+        return AsofRetrievalJob.checked(
+            entity_df, feature_refs, full_feature_names, project, registry, join
+        )
 
 
 def _source_table(view: FeatureView) -> tuple[PostgreSQLSource, str]:
