@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import mlflow
 import pandas as pd
@@ -19,7 +19,9 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
 from ml_pipeline.settings import Settings
-from training.models import FitModel, SizeModel
+
+if TYPE_CHECKING:
+    from training.models import FitModel, SizeModel
 
 CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
@@ -31,6 +33,8 @@ class FitmlPyfunc(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the fitml model from the logged artifact directory."""
+        from training.models import FitModel, SizeModel
+
         directory = Path(context.artifacts["model_dir"])
         kind = (directory / "model.json").read_text()
         self.model: FitModel | SizeModel = (
@@ -39,6 +43,8 @@ class FitmlPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """Fit model: a frame of p_too_small, p_fit, p_too_large; size model: best_size_index."""
+        from training.models import FitModel
+
         if isinstance(self.model, FitModel):
             proba = self.model.predict_proba(model_input)
             return pd.DataFrame(proba, columns=["p_too_small", "p_fit", "p_too_large"])
