@@ -388,6 +388,7 @@ def _fetch_csv(cursor: Any, query: str, types: dict[str, pa.DataType]) -> pa.Tab
     return pcsv.read_csv(
         io.BytesIO(text.encode()),
         read_options=pcsv.ReadOptions(column_names=names),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
             column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
         ),

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
 import pytest
 
 from features import offline_postgres
@@ -213,3 +214,34 @@ def test_cli_training_set_on_prod_equals_local_and_ignores_later_events(
     before = full[full["event_timestamp"] < cutoff].reset_index(drop=True)
     assert len(truncated) == len(before) > 0
     pd.testing.assert_frame_equal(truncated, before)
+
+
+def test_text_round_trips_through_the_tables_and_the_packed_reads(postgres_dsn: str) -> None:
+    tricky = ["plain", "a,b", 'say "hi"', "two\nlines", "", None, "ünïcode"]
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(len(tricky))],
+            "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"),
+            "note": tricky,
+            "value": [1.5, None, -0.0, 1e-300, 2.0, 3.0, float("inf")],
+        }
+    )
+    table = f"fitml_test_{uuid.uuid4().hex[:10]}_text"
+    with psycopg.connect(postgres_dsn) as conn:
+        try:
+            assert offline_postgres.replace_table(conn, table, frame, ["user_id"]) == len(tricky)
+            with conn.cursor() as cursor:
+                back = offline_postgres._fetch_csv(
+                    cursor,
+                    f"SELECT fitml_row, user_id, note, value FROM {table}",
+                    {
+                        "fitml_row": pa.int64(),
+                        "user_id": pa.string(),
+                        "note": pa.string(),
+                        "value": pa.float64(),
+                    },
+                ).sort_by("fitml_row")
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    assert back.column("note").to_pylist() == tricky
+    assert back.column("value").to_pylist() == [1.5, None, -0.0, 1e-300, 2.0, 3.0, float("inf")]
