@@ -149,7 +149,7 @@ class AsofPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         """Append pushed rows to the view's table (one transaction: all rows or none)."""
-        source, name = _source_table(feature_view)
+        source, name = view_table(feature_view)
         from feast.infra.utils.postgres.connection_utils import _get_conn
 
         with _get_conn(config.offline_store) as conn:
@@ -205,7 +205,7 @@ class AsofPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         )
 
 
-def _source_table(view: FeatureView) -> tuple[PostgreSQLSource, str]:
+def view_table(view: FeatureView) -> tuple[PostgreSQLSource, str]:
     """The view's batch source and its table name."""
     source = view.batch_source
     if not isinstance(source, PostgreSQLSource) or not source._postgres_options._table:
@@ -507,7 +507,7 @@ def _one_row_per_key(cursor: Any, feature_views: list[FeatureView], rows: int) -
     """
     unique = set()
     for view in feature_views:
-        _, name = _source_table(view)
+        _, name = view_table(view)
         found = cursor.execute(
             "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (name,)
         ).fetchone()
@@ -547,7 +547,7 @@ def _match_query(
         features = [r.split(":", 1)[1] for r in feature_refs if r.split(":", 1)[0] == prefix]
         if not features:
             continue
-        source, name = _source_table(view)
+        source, name = view_table(view)
         source_keys = [check_identifier(c.name) for c in view.entity_columns]
         if not source_keys:
             raise ValueError(

@@ -134,7 +134,8 @@ def apply(settings: Settings) -> ApplyResult:
     source_dir = feature_source_dir(settings)
     tables.write(source_dir)
     store = open_store(settings)
-    if uses_postgres(store):
+    postgres = uses_postgres(store)
+    if postgres:
         prefix = settings.feast.project
         load_postgres_tables(store, tables, prefix)
         definitions = build_definitions(table_prefix=prefix)
@@ -145,7 +146,7 @@ def apply(settings: Settings) -> ApplyResult:
         views=tuple(v.name for v in definitions.views),
         service=FEATURE_SERVICE,
         source_dir=source_dir,
-        offline_store="postgresql" if uses_postgres(store) else "parquet",
+        offline_store="postgresql" if postgres else "parquet",
         seconds=time.perf_counter() - started,
     )
 
@@ -180,26 +181,39 @@ def forget_offline_user(store: Any, user_id: str) -> dict[str, int]:
         return {}
     from feast.infra.utils.postgres.connection_utils import _get_conn
 
-    from features.offline_postgres import check_identifier
+    from features.offline_postgres import view_table
 
     removed = {}
     views = [v for v in store.list_feature_views() if "user_id" in v.join_keys]
     with _get_conn(store.config.offline_store) as conn, conn.transaction():
         for view in views:
-            table = check_identifier(view.batch_source.get_table_query_string())
+            _, table = view_table(view)
             cursor = conn.execute(f"DELETE FROM {table} WHERE user_id = %s", (user_id,))
             removed[table] = cursor.rowcount
     return removed
 
 
-def drop_postgres_tables(store: Any, prefix: str) -> list[str]:
-    """Drop the PostgreSQL feature tables of project ``prefix`` (tests and ``forget``)."""
+def delete_project(settings: Settings) -> None:
+    """Remove the Feast project of ``settings`` from shared servers.
+
+    Drops its PostgreSQL feature tables, deletes its Redis keys and its registry entries.
+    Other projects in the same database and Redis are untouched (``FeatureStore.teardown``
+    would also drop the shared SQL registry).
+    """
     from feast.infra.utils.postgres.connection_utils import _get_conn
 
     from features.offline_postgres import drop_tables
 
-    with _get_conn(store.config.offline_store) as conn:
-        return drop_tables(conn, prefix)
+    store = open_store(settings)
+    project = settings.feast.project
+    if uses_postgres(store):
+        with _get_conn(store.config.offline_store) as conn:
+            drop_tables(conn, project)
+    if getattr(store.config.online_store, "type", "") == "redis":
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        for key in client.scan_iter(match=f"*{project}*".encode(), count=1000):
+            client.delete(key)
+    store.delete_project(project)
 
 
 def materialize(settings: Settings, end: datetime | None = None) -> float:

@@ -111,6 +111,14 @@ def chart_features(frame: Table) -> Table:
     body = np.full(n, np.nan)
     pick = np.full(n, np.nan)
     ease = np.full(n, np.nan)
+    # Filled in place below; a product without a chart keeps NaN.
+    out = {
+        "n_sizes": n_sizes,
+        "size_pos": size_pos,
+        "body_cm": body,
+        "chart_pick": pick,
+        "ease_cm": ease,
+    }
 
     # One chart per product, read from the product's first row; rows are then placed on
     # their product's chart all at once, by searching flattened (product, value) keys.
@@ -127,16 +135,7 @@ def chart_features(frame: Table) -> Table:
     lengths = np.array([c.size for c in charts], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     if n_products == 0 or lengths.sum() == 0:
-        return _like(
-            frame,
-            {
-                "n_sizes": n_sizes,
-                "size_pos": size_pos,
-                "body_cm": body,
-                "chart_pick": pick,
-                "ease_cm": ease,
-            },
-        )
+        return _like(frame, out)
     flat_index = np.concatenate(charts)
     flat_low = np.concatenate(
         [_as_array(low_col[f]) if k else np.empty(0) for f, k in zip(first, lengths, strict=True)]
@@ -176,16 +175,7 @@ def chart_features(frame: Table) -> Table:
     with np.errstate(invalid="ignore"):
         ease[has] = np.where(on_chart, mid - g, np.nan)
 
-    return _like(
-        frame,
-        {
-            "n_sizes": n_sizes,
-            "size_pos": size_pos,
-            "body_cm": body,
-            "chart_pick": pick,
-            "ease_cm": ease,
-        },
-    )
+    return _like(frame, out)
 
 
 _KEY_SPAN: Final = float(2**12)

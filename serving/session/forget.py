@@ -99,9 +99,10 @@ def forget_user(
     if (settings.feast_dir).exists():
         from features.store import forget_offline_user, open_store
 
-        for table, n in forget_offline_user(open_store(settings), user_id).items():
+        feature_store = open_store(settings)
+        for table, n in forget_offline_user(feature_store, user_id).items():
             report.removed[f"offline:{table}"] = n
-        for view, n in _forget_online(settings, user_id).items():
+        for view, n in _forget_online(feature_store, user_id).items():
             report.removed[f"online:{view}"] = n
     report.notes.append(
         "product fit statistics keep this shopper's past feedback only as anonymous counts "
@@ -160,8 +161,8 @@ def _forget_jsonl(path: Path, user_id: str, user_hash: str) -> int:
     return removed
 
 
-def _forget_online(settings: Settings, user_id: str) -> dict[str, int]:
-    """Delete the shopper from every user-keyed view of the Feast online store.
+def _forget_online(store: Any, user_id: str) -> dict[str, int]:
+    """Delete the shopper from every user-keyed view of ``store``'s online store.
 
     Returns:
         View (or Redis key) -> entities deleted (0 or 1).
@@ -170,9 +171,6 @@ def _forget_online(settings: Settings, user_id: str) -> dict[str, int]:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.store import open_store
-
-    store = open_store(settings)
     config = store.config
     views = [v for v in store.list_feature_views() if "user_id" in v.join_keys]
     key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])

@@ -6,6 +6,7 @@
   started again (fault injection), ready when its ``/readyz`` answers 200.
 - :class:`TcpProxy`: a loopback TCP forwarder that can cut every connection (PostgreSQL or
   Redis "down") and restore them.
+- :func:`prod_env`: the environment the ``prod`` profile reads, for given servers.
 """
 
 from __future__ import annotations
@@ -22,10 +23,29 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlparse
 
 import httpx
 
 from ml_pipeline.settings import Settings, load_settings
+
+
+def prod_env(postgres_dsn: str, redis_url: str) -> dict[str, str]:
+    """The ``prod`` profile's feature-store variables for a PostgreSQL DSN and a Redis URL.
+
+    Args:
+        postgres_dsn: ``postgresql://user@host:port/database``.
+        redis_url: ``redis://host:port/db``.
+    """
+    redis = urlparse(redis_url)
+    db = (redis.path or "/0").lstrip("/") or "0"
+    return {
+        "FITML_FEAST_REGISTRY_URL": postgres_dsn.replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        ),
+        "FITML_FEAST_OFFLINE_URL": postgres_dsn,
+        "FITML_REDIS": f"{redis.hostname}:{redis.port or 6379},db={db}",
+    }
 
 
 def free_port() -> int:

@@ -211,10 +211,9 @@ def _prod_settings(work: Path) -> Iterator[Any]:
     Afterwards the project's registry entries, offline tables, Redis keys and pushed
     feedback files are removed.
     """
-    import redis
-
     from features import store as fs
     from ml_pipeline.settings import load_settings
+    from serving.session.testing import prod_env
 
     redis_url = os.environ.get("FITML_TEST_REDIS", "redis://127.0.0.1:6379/0")
     pg = os.environ.get("FITML_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -224,22 +223,14 @@ def _prod_settings(work: Path) -> Iterator[Any]:
     ):
         yield None
         return
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    os.environ["FITML_REDIS"] = f"{parsed.hostname}:{parsed.port or 6379},db={db}"
-    os.environ["FITML_FEAST_REGISTRY_URL"] = pg.replace("postgresql://", "postgresql+psycopg://")
-    os.environ["FITML_FEAST_OFFLINE_URL"] = pg
+    os.environ.update(prod_env(pg, redis_url))
     base = load_settings("prod", work)
     project = f"fitml_bench_{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(update={"feast": base.feast.model_copy(update={"project": project})})
     try:
         yield settings
     finally:
-        store = fs.open_store(settings)
-        fs.drop_postgres_tables(store, project)
-        store.delete_project(project)
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=f"*{project}*".encode(), count=1000):
-            client.delete(key)
+        fs.delete_project(settings)
         for path in (fs.feedback_dir(settings)).glob("*.parquet"):
             path.unlink()
 

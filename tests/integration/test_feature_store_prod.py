@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 import psycopg
@@ -30,24 +29,17 @@ from features.feedback import push_feedback
 from ml_pipeline.ingest import ingest_synthetic
 from ml_pipeline.settings import Settings, load_settings
 from ml_pipeline.synth import generate
+from serving.session.testing import prod_env
 
 pytestmark = pytest.mark.integration
-
-
-def _redis_connection_string(url: str) -> str:
-    parsed = urlparse(url)
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    return f"{parsed.hostname}:{parsed.port or 6379},db={db}"
 
 
 @pytest.fixture
 def prod(
     postgres_dsn: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
-    registry_url = postgres_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    monkeypatch.setenv("FITML_FEAST_REGISTRY_URL", registry_url)
-    monkeypatch.setenv("FITML_FEAST_OFFLINE_URL", postgres_dsn)
-    monkeypatch.setenv("FITML_REDIS", _redis_connection_string(redis_url))
+    for name, value in prod_env(postgres_dsn, redis_url).items():
+        monkeypatch.setenv(name, value)
     raw = tmp_path / "raw"
     generate(raw, users=60, products=8, events=600, seed=3)
     ingest_synthetic(raw, tmp_path / "w")
@@ -55,14 +47,7 @@ def prod(
     project = f"fitml_test_{uuid.uuid4().hex[:10]}"
     settings = base.model_copy(update={"feast": base.feast.model_copy(update={"project": project})})
     yield settings
-    import redis
-
-    store = fs.open_store(settings)
-    fs.drop_postgres_tables(store, project)
-    store.delete_project(project)
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"*{project}*".encode(), count=1000):
-        client.delete(key)
+    fs.delete_project(settings)
 
 
 def _local_training_set(prod: Settings) -> pd.DataFrame:
