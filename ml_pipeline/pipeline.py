@@ -50,7 +50,6 @@ class PipelineSummary:
     def render(self, settings: Settings) -> str:
         """The summary printed at the end of the run."""
         m = self.metrics
-        w = self.workdir
 
         def num(key: str) -> str:
             value = m.get(key)
@@ -95,12 +94,19 @@ class PipelineSummary:
             "",
             f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
             f"  drift report:  {self.paths.get('drift_html')}",
-            f"  serve:         fitml serve --workdir {w}   (or: make serve)",
+            f"  serve:         {_serve_command(settings)}",
             "  try it:        curl -s -X POST http://127.0.0.1:3000/recommend "
             "-H 'Content-Type: application/json' "
             f'-d "$(head -1 {self.paths.get("examples")})"',
         ]
         return "\n".join(lines)
+
+
+def _serve_command(settings: Settings) -> str:
+    """The command that serves this run's champion, with the run's profile."""
+    if settings.profile == "local":
+        return f"fitml serve --workdir {settings.workdir}   (or: make serve)"
+    return f"fitml serve --profile {settings.profile} --workdir {settings.workdir}"
 
 
 def _total(counts: Any) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 DEFAULT_WORKDIR = Path("var")
@@ -86,6 +86,18 @@ class Settings(_Strict):
     feast: FeastSettings
     serving: ServingSettings = ServingSettings()
 
+    @model_validator(mode="after")
+    def _own_databases(self) -> Settings:
+        """MLflow and Optuna each keep an ``alembic_version`` table: never one database."""
+        shared = database_of(self.mlflow.tracking_uri)
+        if shared is not None and shared == database_of(self.optuna.storage):
+            raise ValueError(
+                f"mlflow.tracking_uri and optuna.storage name the same database ({shared}); "
+                "MLflow and Optuna each migrate their own tables (alembic_version): give each "
+                "a database of its own (FITML_MLFLOW_TRACKING_URI, FITML_OPTUNA_STORAGE)"
+            )
+        return self
+
     @property
     def offline_dir(self) -> Path:
         """Ingested tables and feature sources (parquet)."""
@@ -105,6 +117,22 @@ class Settings(_Strict):
     def inference_log_dir(self) -> Path:
         """Logged inferences of the prediction service."""
         return self.workdir / "inference_log"
+
+
+def database_of(url: str | None) -> str | None:
+    """``host:port/database`` of a SQL database URL (any driver), else None.
+
+    SQLite files and non-database URLs (``http://``, ``file:``) give None.
+    """
+    from urllib.parse import urlparse
+
+    if not url or "://" not in url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme.split("+")[0] not in ("postgresql", "postgres", "mysql"):
+        return None
+    host = (parsed.hostname or "localhost").replace("localhost", "127.0.0.1")
+    return f"{host}:{parsed.port or ''}{parsed.path}"
 
 
 def expand_env(value: Any, env: dict[str, str]) -> Any:

@@ -50,3 +50,20 @@ def test_prod_profile_reads_servers_from_the_environment(tmp_path: Path) -> None
     )
     assert settings.mlflow.tracking_uri == "postgresql+psycopg://h/db"
     assert settings.optuna.storage and settings.optuna.storage.startswith("postgresql")
+
+
+def test_prod_profile_gives_mlflow_and_optuna_databases_of_their_own(tmp_path: Path) -> None:
+    settings = load_settings("prod", tmp_path, env={})
+    assert settings.mlflow.tracking_uri.endswith("/fitml_mlflow")
+    assert settings.optuna.storage and settings.optuna.storage.endswith("/fitml_optuna")
+
+
+def test_mlflow_and_optuna_in_one_database_is_refused_by_name(tmp_path: Path) -> None:
+    same = {
+        "FITML_MLFLOW_TRACKING_URI": "postgresql+psycopg://postgres@localhost:5432/app",
+        "FITML_OPTUNA_STORAGE": "postgresql://postgres@127.0.0.1:5432/app",
+    }
+    with pytest.raises(SettingsError, match=r"same database \(127.0.0.1:5432/app\).*OPTUNA"):
+        load_settings("prod", tmp_path, env=same)
+    apart = {**same, "FITML_OPTUNA_STORAGE": "postgresql://postgres@127.0.0.1:5432/optuna"}
+    assert load_settings("prod", tmp_path, env=apart).optuna.storage == apart["FITML_OPTUNA_STORAGE"]
