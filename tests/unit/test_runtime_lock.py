@@ -1,0 +1,45 @@
+"""The images' runtime lock pins exactly what requirements.lock pins, and nothing it lacks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;#]+)", re.MULTILINE)
+
+
+def _pins(name: str) -> dict[str, str]:
+    text = (ROOT / name).read_text()
+    return {re.sub(r"[-_.]+", "-", m[0]).lower(): m[2] for m in PIN.findall(text)}
+
+
+def _requirements(name: str) -> set[str]:
+    names = set()
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.sub(r"[-_.]+", "-", re.split(r"[\[=<>~! ]", line, maxsplit=1)[0]).lower())
+    return names
+
+
+def test_runtime_pins_equal_the_main_lock() -> None:
+    main, runtime = _pins("requirements.lock"), _pins("requirements-runtime.lock")
+    assert len(runtime) > 150
+    assert set(runtime) <= set(main), set(runtime) - set(main)
+    differ = {n: (v, main[n]) for n, v in runtime.items() if main[n] != v}
+    assert not differ
+
+
+def test_runtime_lock_holds_what_the_packages_import_and_no_test_tooling() -> None:
+    runtime = _pins("requirements-runtime.lock")
+    assert _requirements("requirements-runtime.in") <= set(runtime)
+    for needed in ("feast", "bentoml", "mlflow", "evidently", "optuna", "lightgbm", "psycopg"):
+        assert needed in runtime
+    for tool in ("pytest", "ruff", "playwright", "hypothesis", "bandit", "pip-audit"):
+        assert tool not in runtime
+    project = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"dependencies = \[(.*?)\]", project, re.DOTALL)
+    assert deps
+    for dep in re.findall(r'"([A-Za-z0-9_.-]+)', deps.group(1)):
+        assert re.sub(r"[-_.]+", "-", dep).lower() in runtime, dep
