@@ -253,12 +253,17 @@ def session_service(
         str | None,
         typer.Option("--prediction-url", help="Prediction service (default: the profile's port)."),
     ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
-    """Serve the try-on session API on 127.0.0.1 (API keys from FITML_API_KEYS)."""
+    """Serve the try-on session API (API keys from FITML_API_KEYS or FITML_API_KEYS_FILE)."""
     from serving.session.config import load_session_config
     from serving.session.server import serve as serve_sessions
 
-    serve_sessions(load_session_config(_settings(workdir, profile), prediction_url), port=port)
+    serve_sessions(
+        load_session_config(_settings(workdir, profile), prediction_url), port=port, host=host
+    )
 
 
 @app.command("forget-user")

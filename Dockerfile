@@ -1,0 +1,86 @@
+# fitml images: one dependency stage built from the runtime lock, three targets.
+#
+#   docker build --target prediction -t fitml-prediction .   # BentoML /recommend on :3000
+#   docker build --target session    -t fitml-session .      # FastAPI try-on sessions on :8000
+#   docker build --target job        -t fitml-job .          # the `fitml` CLI for batch jobs
+#
+# The dependency layer (requirements-runtime.lock, whose pins equal requirements.lock's) is
+# built once and shared by all three; only the small code layer changes from commit to commit.
+# Every image runs as the unprivileged user `fitml` and holds no secret: configuration and
+# credentials come from the environment and mounted files at run time (see .env.example and
+# deploy/). Where no public registry is reachable, build FROM a local Python 3.11 bookworm
+# image: --build-arg BASE_IMAGE=localhost/python:3.11-bookworm.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# The OS layer every target runs on: LightGBM's OpenMP runtime and the unprivileged user.
+FROM ${BASE_IMAGE} AS os
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+    && groupadd --system --gid 10001 fitml \
+    && useradd --system --uid 10001 --gid fitml --home-dir /home/fitml --create-home fitml \
+    && mkdir -p /var/lib/fitml \
+    && chown fitml:fitml /var/lib/fitml
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# The locked third-party packages, in a virtual environment (no compilers needed: all wheels).
+FROM os AS deps
+COPY requirements-runtime.lock /tmp/requirements-runtime.lock
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install -q --no-deps -r /tmp/requirements-runtime.lock \
+    && /opt/venv/bin/python -c "import feast, mlflow, bentoml, evidently, optuna, lightgbm" \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+    && rm /tmp/requirements-runtime.lock
+
+# fitml itself, built to a wheel (its code only: the dependencies are above).
+FROM deps AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY ml_pipeline ml_pipeline
+COPY features features
+COPY training training
+COPY serving serving
+COPY evaluation evaluation
+RUN /opt/venv/bin/pip wheel -q --no-deps --wheel-dir /wheels .
+
+FROM deps AS app
+COPY --from=build /wheels /wheels
+RUN /opt/venv/bin/pip install -q --no-deps /wheels/*.whl \
+    && rm -rf /wheels \
+    && fitml --help >/dev/null
+USER fitml
+WORKDIR /home/fitml
+# Everything a run writes (offline tables, MLflow artifacts, BentoML store, session state)
+# lives under the work directory: a volume shared by the job and the services.
+ENV FITML_PROFILE=prod \
+    FITML_WORKDIR=/var/lib/fitml
+VOLUME ["/var/lib/fitml"]
+
+# The prediction service: resolves the MLflow registry's champion at start (or serves the
+# models already in the work directory's BentoML store with FITML_MODEL_SOURCE=store).
+FROM app AS prediction
+ENV FITML_PORT=3000
+EXPOSE 3000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['FITML_PORT']}/readyz\", timeout=2)"]
+CMD ["sh", "-c", "exec fitml serve --profile \"$FITML_PROFILE\" --workdir \"$FITML_WORKDIR\" --host 0.0.0.0 --port \"$FITML_PORT\""]
+
+# The try-on session service: API keys from FITML_API_KEYS_FILE (a mounted secret).
+FROM app AS session
+ENV FITML_PORT=8000 \
+    FITML_PREDICTION_URL=http://127.0.0.1:3000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['FITML_PORT']}/readyz\", timeout=2)"]
+CMD ["sh", "-c", "exec fitml session-service --profile \"$FITML_PROFILE\" --workdir \"$FITML_WORKDIR\" --host 0.0.0.0 --port \"$FITML_PORT\" --prediction-url \"$FITML_PREDICTION_URL\""]
+
+# Batch jobs: `fitml pipeline run`, `fitml train`, `fitml features materialize`,
+# `fitml drift`, `fitml forget-user ...`; run to completion, so no health check.
+FROM app AS job
+HEALTHCHECK NONE
+ENTRYPOINT ["fitml"]
+CMD ["--help"]
