@@ -47,6 +47,7 @@ def _published(service: dict) -> set[int]:
 
 def test_compose_defines_every_service_the_profile_needs() -> None:
     assert {"postgres", "redis", "mlflow"} <= set(_compose()["services"])
+    assert {"train", "prediction", "session"} <= set(_compose()["services"])
 
 
 def test_compose_environment_names_exactly_what_the_profile_reads() -> None:
@@ -67,12 +68,147 @@ def test_addresses_match_published_ports_and_profile_defaults() -> None:
             assert _host_port(default)[1] == port, (name, default, value)
 
 
+def _database(url: str) -> str:
+    return urlparse(url).path.lstrip("/")
+
+
+def _option(command: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in command if a.startswith(f"--{name}="))
+
+
 def test_postgres_database_and_user_match_the_profile() -> None:
-    env = _compose()["services"]["postgres"]["environment"]
-    for name in ("FITML_FEAST_REGISTRY_URL", "FITML_FEAST_OFFLINE_URL", "FITML_OPTUNA_STORAGE"):
-        url = urlparse(_compose()["x-fitml-env"][name])
-        assert url.path.lstrip("/") == env["POSTGRES_DB"], name
-        assert url.username == env["POSTGRES_USER"], name
-    assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
-    mlflow_command = _compose()["services"]["mlflow"]["command"]
-    assert f"@postgres:5432/{env['POSTGRES_DB']}" in mlflow_command
+    compose = _compose()
+    env = compose["services"]["postgres"]["environment"]
+    for name in ("FITML_FEAST_REGISTRY_URL", "FITML_FEAST_OFFLINE_URL"):
+        for block in ("x-fitml-env", "x-fitml-service-env"):
+            url = urlparse(compose[block][name])
+            assert url.path.lstrip("/") == env["POSTGRES_DB"], (block, name)
+            assert url.username == env["POSTGRES_USER"], (block, name)
+    assert "POSTGRES_HOST_AUTH_METHOD" not in env
+    assert env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+def test_mlflow_and_optuna_have_databases_of_their_own_as_in_the_profile() -> None:
+    """Both migrate their tables with alembic: one database each, created at first start."""
+    compose = _compose()
+    defaults = _profile_variables()
+    mlflow_db = _database(_option(compose["services"]["mlflow"]["command"], "backend-store-uri"))
+    optuna_db = _database(compose["x-fitml-env"]["FITML_OPTUNA_STORAGE"])
+    assert _database(compose["x-fitml-service-env"]["FITML_OPTUNA_STORAGE"]) == optuna_db
+    assert mlflow_db == _database(defaults["FITML_MLFLOW_TRACKING_URI"] or "")
+    assert optuna_db == _database(defaults["FITML_OPTUNA_STORAGE"] or "")
+    app_db = compose["services"]["postgres"]["environment"]["POSTGRES_DB"]
+    assert len({mlflow_db, optuna_db, app_db}) == 3
+    init = (ROOT / "deploy/compose/postgres-init.sql").read_text()
+    created = set(re.findall(r"^CREATE DATABASE (\w+);", init, re.MULTILINE))
+    assert created == {mlflow_db, optuna_db}
+    mounts = compose["services"]["postgres"]["volumes"]
+    assert any(
+        m.startswith("./deploy/compose/postgres-init.sql:/docker-entrypoint-initdb.d/")
+        for m in mounts
+    )
+
+
+def test_the_containers_read_every_variable_the_profile_reads() -> None:
+    service_env = _compose()["x-fitml-service-env"]
+    assert set(_profile_variables()) <= set(service_env)
+    assert service_env["FITML_PROFILE"] == "prod"
+    for name, value in service_env.items():
+        if name in SERVICE_OF:
+            assert _host_port(value)[0] == SERVICE_OF[name], (name, value)
+
+
+def _dockerfile_targets() -> set[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    return set(re.findall(r"^FROM \S+ AS (\w+)", text, re.MULTILINE))
+
+
+def test_fitml_services_are_built_from_the_dockerfile_and_started_in_order() -> None:
+    services = _compose()["services"]
+    fitml = {n: s for n, s in services.items() if "build" in s}
+    assert set(fitml) >= {"mlflow", "train", "prediction", "session"}
+    for name, service in fitml.items():
+        assert service["build"]["target"] in _dockerfile_targets(), name
+        assert service["build"]["context"] == "."
+        target = service["build"]["target"]
+        assert service["image"].startswith(f"fitml-{target}:"), name
+    # The MLflow server runs from the job image: its MLflow is the client's, pinned by the lock.
+    assert services["mlflow"]["build"]["target"] == "job"
+    assert services["mlflow"]["entrypoint"] == ["mlflow"]
+    assert services["train"]["restart"] == "no"
+    depends = services["prediction"]["depends_on"]
+    assert depends["train"]["condition"] == "service_completed_successfully"
+    assert services["session"]["depends_on"]["prediction"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            done = dependency == "train"
+            wanted = "service_completed_successfully" if done else "service_healthy"
+            assert rule["condition"] == wanted, (name, dependency)
+            if wanted == "service_healthy":
+                assert "healthcheck" in services[dependency], dependency
+
+
+def test_long_running_services_have_health_checks_restart_policies_and_limits() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        if name == "train":
+            continue
+        assert "healthcheck" in service, name
+        assert service["restart"] == "unless-stopped", name
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["cpus"] and limits["memory"], name
+    for name in ("prediction", "session"):
+        test = " ".join(services[name]["healthcheck"]["test"])
+        port = str(services[name]["environment"]["FITML_PORT"])
+        assert f"127.0.0.1:{port}/readyz" in test, name
+
+
+def test_secrets_come_from_the_environment_or_secret_files_never_literals() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    compose = _compose()
+    referenced = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    example = (ROOT / ".env.example").read_text()
+    documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", example, re.MULTILINE))
+    assert referenced <= documented, referenced - documented
+    for url in re.findall(r"postgresql\S*://[^@\s]+@", text):
+        assert ":${POSTGRES_PASSWORD}@" in url, url
+    session = compose["services"]["session"]
+    assert session["environment"]["FITML_API_KEYS_FILE"] == "/run/secrets/fitml_api_keys"
+    assert session["secrets"] == ["fitml_api_keys"]
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_podman_compose_accepts_the_file(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    tool = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
+    keys = tmp_path / "api_keys"
+    keys.write_text("example\n")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "POSTGRES_PASSWORD": "example",
+        "FITML_API_KEYS_FILE": str(keys),
+    }
+    done = subprocess.run(
+        [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env=env, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rendered = yaml.safe_load(done.stdout)
+    assert set(rendered["services"]) >= {
+        "postgres",
+        "redis",
+        "mlflow",
+        "train",
+        "prediction",
+        "session",
+    }
+    assert "example@postgres:5432/fitml_optuna" in done.stdout
+    missing = subprocess.run(
+        [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env={"PATH": env["PATH"]}, timeout=60, check=False,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stdout + missing.stderr
