@@ -9,7 +9,8 @@ PORT     ?= 3000
 # pip here is configured with extra local indexes that may be absent; keep its output quiet.
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
-.PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean
+.PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean \
+	audit images
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +28,8 @@ setup: $(VENV)/.installed ## Create .venv from requirements.lock (only when miss
 
 lock: ## Re-resolve requirements.in into requirements.lock (needs uv)
 	uv pip compile requirements.in --python-version 3.11 -o requirements.lock
+	uv pip compile requirements-runtime.in -c requirements.lock --python-version 3.11 \
+		-o requirements-runtime.lock
 
 demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
 	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR)
@@ -58,6 +61,20 @@ drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds 
 benchmark-rtr: setup ## The public RentTheRunway benchmark on the development copy
 	$(VENV)/bin/fitml benchmark renttherunway --train ../shared/data/renttherunway/rtr_dev.jsonl.gz \
 		--json $(WORKDIR)/bench/renttherunway.json
+
+audit: setup ## Static analysis (bandit, against the triaged baseline) and dependency audit of both locks
+	$(VENV)/bin/bandit -q -r ml_pipeline features training serving evaluation \
+		-b deploy/security/bandit-baseline.json
+	$(PY) deploy/security/audit_locks.py requirements.lock requirements-runtime.lock $(AUDIT_IGNORE)
+
+IMAGE_TAG  ?= latest
+BASE_IMAGE ?= python:3.11-slim-bookworm
+images: ## Build fitml-{prediction,session,job}:$(IMAGE_TAG) with docker, else podman (BASE_IMAGE=...)
+	@engine=$$(command -v docker || command -v podman); \
+	for target in prediction session job; do \
+		BUILDAH_FORMAT=docker $$engine build --target $$target --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+			-t fitml-$$target:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean: ## Remove the work directory (keeps .venv)
 	rm -rf $(WORKDIR)
