@@ -66,4 +66,5 @@ def test_mlflow_and_optuna_in_one_database_is_refused_by_name(tmp_path: Path) ->
     with pytest.raises(SettingsError, match=r"same database \(127.0.0.1:5432/app\).*OPTUNA"):
         load_settings("prod", tmp_path, env=same)
     apart = {**same, "FITML_OPTUNA_STORAGE": "postgresql://postgres@127.0.0.1:5432/optuna"}
-    assert load_settings("prod", tmp_path, env=apart).optuna.storage == apart["FITML_OPTUNA_STORAGE"]
+    settings = load_settings("prod", tmp_path, env=apart)
+    assert settings.optuna.storage == apart["FITML_OPTUNA_STORAGE"]
