@@ -16,7 +16,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS os
 RUN apt-get update -q \
     && apt-get install -y -q --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
     && groupadd --system --gid 10001 fitml \
     && useradd --system --uid 10001 --gid fitml --home-dir /home/fitml --create-home fitml \
     && mkdir -p /var/lib/fitml \
@@ -28,12 +28,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1
 
 # The locked third-party packages, in a virtual environment (no compilers needed: all wheels).
+# pip's compiled bytecode stays: the root filesystem is read-only at run time, and without it
+# every start would compile the imports again.
 FROM os AS deps
 COPY requirements-runtime.lock /tmp/requirements-runtime.lock
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install -q --no-deps -r /tmp/requirements-runtime.lock \
     && /opt/venv/bin/python -c "import feast, mlflow, bentoml, evidently, optuna, lightgbm" \
-    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
     && rm /tmp/requirements-runtime.lock
 
 # fitml itself, built to a wheel (its code only: the dependencies are above).

@@ -21,7 +21,7 @@ from prodstack import ProdStack, private_prod_stack
 from ml_pipeline.settings import load_settings
 from serving.session.testing import ServiceProcess, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture

@@ -1,0 +1,283 @@
+"""The images, built from the repo and run for real (podman, host network).
+
+The job image trains a small champion into the machine's PostgreSQL and Redis as the prod
+profile says (MLflow and Optuna in databases of their own, a Feast project of its own); the
+prediction and session images then serve it: health checks pass, a session is started as a
+try-on front end would, and its feedback reaches PostgreSQL and the Redis online store.
+Everything the test creates is removed afterwards except the images, which are the build
+cache of the next run (tagged by a hash of what they were built from).
+
+Needs podman and the local base image: ``eval "$(../shared/tools/containers.sh env)"`` and
+``../shared/tools/containers.sh base`` (``.ci/run`` does both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import REPO_ROOT, require
+from prodstack import ProdStack, private_prod_stack
+
+from features.store import online_features, open_store
+from ml_pipeline.settings import load_settings
+from serving.session.smoke import run_smoke
+from serving.session.testing import free_port
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.integration,
+    pytest.mark.containers,
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),  # image builds (cached: seconds) + a training run + two starts
+]
+
+TARGETS = ("prediction", "session", "job")
+BASE_IMAGE = os.environ.get("FITML_BASE_IMAGE", "localhost/python:3.11-bookworm")
+CONTEXT = (
+    "Dockerfile",
+    ".dockerignore",
+    "requirements-runtime.lock",
+    "pyproject.toml",
+    "README.md",
+    "ml_pipeline",
+    "features",
+    "training",
+    "serving",
+    "evaluation",
+)
+WORKDIR = "/var/lib/fitml"
+API_KEY = "container-e2e-key"
+TRAIN_ARGS = ["pipeline", "run", "--profile", "prod", "--users", "400", "--products", "30"]
+TRAIN_ARGS += ["--events", "5000", "--seed", "11", "--trials", "1"]
+
+
+@pytest.fixture
+def prod_stack(postgres_dsn: str, redis_url: str, tmp_path: Path) -> Iterator[ProdStack]:
+    """A private prod stack (own databases, Feast project, session tables); removed after."""
+    with private_prod_stack(postgres_dsn, redis_url, tmp_path / "var") as stack:
+        yield stack
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
+    """Run podman; its stdout (raises with its stderr when ``check`` and it fails)."""
+    done = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args[:3])} ... failed: {done.stderr[-3000:]}")
+    return done.stdout
+
+
+def context_digest() -> str:
+    """A hash of every file the images are built from (the image tag)."""
+    digest = hashlib.sha256(BASE_IMAGE.encode())
+    for name in CONTEXT:
+        path = REPO_ROOT / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            digest.update(str(file.relative_to(REPO_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Images:
+    """The built images and how long each build took."""
+
+    tags: dict[str, str]
+    build_seconds: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    """The three images, built once per test session (podman's layer cache makes reruns fast)."""
+    require(shutil.which("podman") is not None, "podman is not installed (containers.sh env)")
+    os.environ.setdefault("CONTAINERS_CONF", "/etc/fitml-containers.conf")
+    exists = subprocess.run(["podman", "image", "exists", BASE_IMAGE], check=False)
+    require(exists.returncode == 0, f"base image {BASE_IMAGE} missing (containers.sh base)")
+    digest = context_digest()
+    tags, seconds = {}, {}
+    for target in TARGETS:
+        tag = f"localhost/fitml-{target}:test-{digest}"
+        started = time.perf_counter()
+        podman(
+            "build", "--format", "docker", "--layers", "--target", target,
+            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag,
+            "-f", str(REPO_ROOT / "Dockerfile"), str(REPO_ROOT),
+            timeout=1800,
+        )  # fmt: skip
+        tags[target], seconds[target] = tag, time.perf_counter() - started
+    return Images(tags, seconds)
+
+
+@dataclass
+class Containers:
+    """Containers started by a test, removed at the end whatever happened."""
+
+    prefix: str
+    names: list[str]
+
+    def run(self, role: str, image: str, args: list[str], *, detach: bool, **kw: Any) -> str:
+        name = f"{self.prefix}-{role}"
+        self.names.append(name)
+        argv = ["run", "--name", name, "--network", "host", "--read-only"]
+        argv += ["--tmpfs", "/home/fitml:rw,mode=1777"]
+        for key, value in kw.get("env", {}).items():
+            argv += ["-e", f"{key}={value}"]
+        for host, inside in kw.get("volumes", {}).items():
+            argv += ["-v", f"{host}:{inside}"]
+        argv += ["-d"] if detach else []
+        return podman(*argv, image, *args, timeout=kw.get("timeout", 120))
+
+    def logs(self, role: str) -> str:
+        done = subprocess.run(
+            ["podman", "logs", f"{self.prefix}-{role}"], capture_output=True, text=True, check=False
+        )
+        return (done.stdout + done.stderr)[-4000:]
+
+    def wait_healthy(self, role: str, timeout_s: float = 240) -> float:
+        """Seconds until the container's HEALTHCHECK passes (fails with its log otherwise)."""
+        name = f"{self.prefix}-{role}"
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout_s:
+            state = podman("inspect", "--format", "{{.State.Running}}", name, check=False)
+            if state.strip() != "true":
+                pytest.fail(f"{role} container exited:\n{self.logs(role)}")
+            check = subprocess.run(
+                ["podman", "healthcheck", "run", name], capture_output=True, check=False
+            )
+            if check.returncode == 0:
+                return time.perf_counter() - started
+            time.sleep(0.5)
+        pytest.fail(f"{role} container not healthy after {timeout_s} s:\n{self.logs(role)}")
+
+    def remove(self) -> None:
+        for name in self.names:
+            podman("rm", "-f", "-t", "5", name, check=False, timeout=60)
+
+
+@pytest.fixture
+def containers() -> Iterator[Containers]:
+    started = Containers(f"fitml-e2e-{uuid.uuid4().hex[:8]}", [])
+    try:
+        yield started
+    finally:
+        started.remove()
+        left = podman("ps", "-a", "--format", "{{.Names}}", check=False)
+        assert started.prefix not in left
+
+
+def _poll(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_images_train_serve_and_take_feedback(
+    images: Images,
+    containers: Containers,
+    prod_stack: ProdStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in prod_stack.env.items():
+        monkeypatch.setenv(name, value)
+    workdir = tmp_path / "var"
+    workdir.mkdir()
+    workdir.chmod(0o777)  # the images run as the unprivileged user fitml (uid 10001)
+    keys = tmp_path / "api_keys"
+    keys.write_text(f"{API_KEY}\n")
+    keys.chmod(0o644)
+    volumes = {str(workdir): WORKDIR}
+    env = dict(prod_stack.env)
+
+    # The job image trains a champion (tiny data, one trial) into PostgreSQL and Redis.
+    containers.run(
+        "train",
+        images.tags["job"],
+        [*TRAIN_ARGS, "--workdir", WORKDIR],
+        detach=False,
+        env=env,
+        volumes=volumes,
+        timeout=900,
+    )
+    assert (workdir / "examples" / "recommend.jsonl").is_file()
+    for path in workdir.rglob("*"):  # what the container wrote belongs to the image's user
+        assert path.stat().st_uid == 10001, path
+        break
+
+    prediction_port, session_port = free_port(), free_port()
+    containers.run(
+        "prediction",
+        images.tags["prediction"],
+        [],
+        detach=True,
+        env={**env, "FITML_PORT": str(prediction_port)},
+        volumes=volumes,
+    )
+    prediction_ready_s = containers.wait_healthy("prediction")
+    containers.run(
+        "session",
+        images.tags["session"],
+        [],
+        detach=True,
+        env={
+            **env,
+            "FITML_PORT": str(session_port),
+            "FITML_PREDICTION_URL": f"http://127.0.0.1:{prediction_port}",
+            "FITML_API_KEYS_FILE": "/run/secrets/api_keys",
+        },
+        volumes={**volumes, str(keys): "/run/secrets/api_keys:ro"},
+    )
+    session_ready_s = containers.wait_healthy("session")
+    for role in ("prediction", "session"):
+        assert podman("exec", f"{containers.prefix}-{role}", "id", "-u").strip() == "10001"
+
+    examples = (workdir / "examples" / "recommend.jsonl").read_text().splitlines()
+    body = next(b for b in map(json.loads, examples) if b.get("user_id"))
+    user, product = body["user_id"], body["product_id"]
+    settings = load_settings("prod", workdir, env={**os.environ, **env})
+    before = online_features(open_store(settings), user, product)
+
+    result = run_smoke(f"http://127.0.0.1:{session_port}", API_KEY, body, outcome="too_small")
+
+    # The feedback is in the PostgreSQL event store ...
+    table = f"{prod_stack.env['FITML_SESSION_TABLES']}_events"
+    with psycopg.connect(prod_stack.app_dsn) as conn:
+        row = conn.execute(
+            f"SELECT user_id, product_id, outcome FROM {table} WHERE event_id = %s",
+            (result.event_id,),
+        ).fetchone()
+    assert row == (user, product, "too_small")
+    # ... and in the Redis online store: the shopper's fit history counts it.
+    _poll(
+        lambda: (
+            online_features(open_store(settings), user, product)["hist_n"]
+            == (before["hist_n"] or 0) + 1
+        ),
+        30,
+        "the feedback in the online store",
+    )
+    report = {
+        "build_seconds": images.build_seconds,
+        "ready_seconds": {"prediction": prediction_ready_s, "session": session_ready_s},
+    }
+    print(json.dumps(report))
