@@ -17,13 +17,12 @@ each request head, and :func:`uvicorn_limits` bounds idle keep-alive and header 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
-
-import anyio
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -159,28 +158,25 @@ class RequestGuard:
         chunks: list[bytes] = []
         total = 0
         more = True
-        disconnected = False
-        with anyio.move_on_after(limits.body_timeout_s) as timer:
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    break
-                chunk = message.get("body", b"")
-                total += len(chunk)
-                if total > limits.max_body_bytes:
-                    await deny(
-                        send,
-                        413,
-                        f"request body over {limits.max_body_bytes} bytes; send less",
-                        close=True,
-                    )
-                    return
-                chunks.append(chunk)
-                more = bool(message.get("more_body", False))
-        if disconnected:
-            return
-        if timer.cancelled_caught:
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):  # cheaper than an anyio scope
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    total += len(chunk)
+                    if total > limits.max_body_bytes:
+                        await deny(
+                            send,
+                            413,
+                            f"request body over {limits.max_body_bytes} bytes; send less",
+                            close=True,
+                        )
+                        return
+                    chunks.append(chunk)
+                    more = bool(message.get("more_body", False))
+        except TimeoutError:
             await deny(
                 send,
                 408,
