@@ -43,6 +43,7 @@ from ml_pipeline.errors import FitmlError
 
 if TYPE_CHECKING:
     from ml_pipeline.settings import Settings
+    from serving.pseudonym import Pseudonymizer
 
 Kind = Literal["numerical", "categorical"]
 Role = Literal["feature", "prediction", "outcome"]
@@ -545,7 +546,9 @@ def _verdict(
 # Quality on joined feedback
 
 
-def join_feedback(inferences: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def join_feedback(
+    inferences: pd.DataFrame, events: pd.DataFrame, pseudonyms: Pseudonymizer
+) -> pd.DataFrame:
     """Join logged inferences to the feedback events they led to.
 
     Feedback that carries the ``request_id`` of the answer joins on it. Otherwise it joins the
@@ -556,25 +559,26 @@ def join_feedback(inferences: pd.DataFrame, events: pd.DataFrame) -> pd.DataFram
         inferences: :func:`read_inference_log` output.
         events: feedback events (``user_id``, ``product_id``, ``size_index``, ``outcome``,
             ``event_timestamp``; optionally ``request_id``).
+        pseudonyms: the keys the log's pseudonyms were made with (every known key is tried).
 
     Returns:
         One row per feedback event with an inference: the logged features, ``size_index`` of
         the size tried, ``outcome``, ``model_versions.fit_model`` and ``event_timestamp`` (of
         the feedback).
     """
-    from serving.predictor import hash_user
-
     feedback = events[events["outcome"].isin(OUTCOME_LABELS)].copy()
     feedback[TIME_COLUMN] = pd.to_datetime(feedback[TIME_COLUMN], utc=True)
     logged = inferences.drop(columns=["size_index", "outcome", TIME_COLUMN], errors="ignore")
     keep = ["size_index", "outcome", TIME_COLUMN]
     if "request_id" in feedback and feedback["request_id"].notna().any():
         return feedback[["request_id", *keep]].merge(logged, on="request_id", how="inner")
-    feedback["user_hash"] = [hash_user(str(u)) for u in feedback["user_id"]]
+    feedback["_row"] = range(len(feedback))
+    feedback["user_hash"] = [sorted(pseudonyms.all_of(str(u))) for u in feedback["user_id"]]
+    feedback = feedback.explode("user_hash")  # one row per key the log may have used
     logged = logged.dropna(subset=["user_hash"]).sort_values("logged_at")
     feedback = feedback.sort_values(TIME_COLUMN)
     joined = pd.merge_asof(
-        feedback[["user_hash", "product_id", *keep]],
+        feedback[["_row", "user_hash", "product_id", *keep]],
         logged,
         left_on=TIME_COLUMN,
         right_on="logged_at",
@@ -582,7 +586,9 @@ def join_feedback(inferences: pd.DataFrame, events: pd.DataFrame) -> pd.DataFram
         direction="backward",
         tolerance=FEEDBACK_JOIN_WINDOW,
     )
-    return joined.dropna(subset=["logged_at"]).reset_index(drop=True)
+    joined = joined.dropna(subset=["logged_at"]).sort_values("logged_at")
+    joined = joined.drop_duplicates("_row", keep="last").sort_values([TIME_COLUMN, "_row"])
+    return joined.drop(columns="_row").reset_index(drop=True)
 
 
 def score_feedback(joined: pd.DataFrame, fit_model: Any) -> pd.DataFrame:
@@ -898,7 +904,9 @@ def _quality_from_log(
         events = pd.read_parquet(feedback)
     else:
         events = pd.read_parquet(settings.offline_dir / "events.parquet")
-    joined = join_feedback(read_inference_log(log), events)
+    from serving.pseudonym import load_pseudonymizer
+
+    joined = join_feedback(read_inference_log(log), events, load_pseudonymizer(settings))
     if len(joined) < MIN_FEEDBACK_ROWS:
         return None
     # score each logged request with the fit model version that answered it

@@ -222,10 +222,17 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
     host: str = "127.0.0.1",
 ) -> None:
-    """Serve the prediction service (BentoML) until stopped."""
+    """Serve the prediction service (BentoML) until stopped.
+
+    Beyond 127.0.0.1 it needs a service token (FITML_SERVICE_TOKEN_FILE or FITML_SERVICE_TOKEN).
+    """
+    from serving.service_auth import ServiceTokens, check_bind
+
+    check_bind(host, ServiceTokens.from_env())
     settings = _settings(workdir, profile)
     env = {
         **os.environ,
+        "FITML_SERVE_HOST": host,
         "FITML_WORKDIR": str(settings.workdir),
         "FITML_PROFILE": profile,
         "BENTOML_HOME": str(settings.workdir / "bentoml"),

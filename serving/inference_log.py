@@ -5,8 +5,11 @@ writer per record made it compete with the handler for the GIL); one background 
 every ``interval`` seconds, converts and writes the records as JSON lines, one file per UTC
 day (a new part once a file passes ``max_bytes``) under the log directory, so monitoring and
 feedback can join on ``request_id``.
-Nothing that identifies a shopper is written but the hashed user id: the ``user_id`` and
-``product_id`` join keys are dropped from the features, and no free text (fit notes) is kept.
+Nothing that identifies a shopper is written but the keyed pseudonym of the user id
+(:mod:`serving.pseudonym`): the ``user_id`` and ``product_id`` join keys are dropped from the
+features, and no free text (fit notes) is kept. The features hold body measurements, so day
+files are kept ``keep_days`` (default 90, ``FITML_INFERENCE_LOG_DAYS``) and then deleted by the
+writer: well within the feature store's own retention of a shopper's history (two years).
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 _STOP = object()
+DEFAULT_KEEP_DAYS = 90
+_DAY_FILE = re.compile(r"^inferences-(\d{4}-\d{2}-\d{2})(?:-\d+)?\.jsonl$")
 _IDENTIFIERS = frozenset({"user_id", "product_id"})
 
 OnRecord = Callable[[dict[str, Any], Any], None]
@@ -40,6 +46,7 @@ class InferenceLog:
         max_bytes: start a new part of the day's file beyond this size.
         on_record: optional hook run in the writer thread (e.g. shadow scoring).
         interval: seconds between the writer's rounds.
+        keep_days: day files older than this many days are deleted (None: kept).
     """
 
     def __init__(
@@ -49,8 +56,11 @@ class InferenceLog:
         max_bytes: int = 64 * 2**20,
         on_record: OnRecord | None = None,
         interval: float = 0.2,
+        keep_days: int | None = DEFAULT_KEEP_DAYS,
     ) -> None:
         self.directory = Path(directory)
+        self.keep_days = keep_days
+        self._pruned_day = ""
         self.max_bytes = max_bytes
         self.on_record = on_record
         self.interval = interval
@@ -102,9 +112,30 @@ class InferenceLog:
                 return path
             part += 1
 
+    def prune(self, today: date | None = None) -> list[Path]:
+        """Delete day files older than ``keep_days``; returns what was deleted."""
+        if self.keep_days is None:
+            return []
+        today = today or datetime.now(UTC).date()
+        cutoff = (today - timedelta(days=self.keep_days)).isoformat()
+        gone = []
+        for path in self.directory.glob("inferences-*.jsonl"):
+            match = _DAY_FILE.match(path.name)
+            if match and match.group(1) < cutoff:
+                path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
+
     def _run(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         while True:
+            today = datetime.now(UTC).date()
+            if today.isoformat() != self._pruned_day:  # at start, then once a day
+                self._pruned_day = today.isoformat()
+                try:
+                    self.prune(today)
+                except OSError:
+                    self.errors += 1
             self._wake.wait(self.interval)
             self._wake.clear()
             batch = []

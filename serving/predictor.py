@@ -12,7 +12,6 @@ The hot path works on numpy arrays end to end: the online row is read with
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 import uuid
@@ -25,6 +24,7 @@ import numpy as np
 
 from ml_pipeline.settings import Settings
 from serving.inference_log import InferenceLog
+from serving.pseudonym import Pseudonymizer, digest_of, load_pseudonymizer
 from serving.recommend import Recommendation, recommend_rows
 from serving.schemas import (
     FitPrediction,
@@ -56,13 +56,6 @@ class UnknownProductError(KeyError):
 
 class UnknownSizeError(ValueError):
     """A size the product does not offer."""
-
-
-def hash_user(user_id: str | None) -> str | None:
-    """The user id as it may appear in logs: a truncated SHA-256."""
-    if not user_id:
-        return None
-    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -104,6 +97,8 @@ class Predictor:
         shadow: score the challenger beside the champion for every request, off the hot path
             (in the inference-log writer), while the champion answers.
         now: the clock for feature freshness (tests pin it).
+        pseudonyms: the keyed pseudonyms of user ids in the inference log (default: the
+            deployment's keys, :func:`serving.pseudonym.load_pseudonymizer`, at :meth:`load`).
     """
 
     def __init__(
@@ -113,8 +108,10 @@ class Predictor:
         challenger_share: float | None = None,
         shadow: bool = False,
         now: Any = None,
+        pseudonyms: Pseudonymizer | None = None,
     ) -> None:
         self.settings = settings
+        self.pseudonyms = pseudonyms
         share = settings.serving.challenger_share if challenger_share is None else challenger_share
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"challenger_share must be within [0, 1], got {share}")
@@ -145,12 +142,18 @@ class Predictor:
                 )
             if challenger is None and (self.challenger_share > 0 or self.shadow):
                 challenger = load_registered(self.settings, CHALLENGER)
+        if self.pseudonyms is None:
+            self.pseudonyms = load_pseudonymizer(self.settings)
         self.variants_: dict[str, LoadedModels] = {CHAMPION: champion}
         if challenger is not None:
             self.variants_[CHALLENGER] = challenger
         self.store_ = open_store(self.settings)
         self.reader_: OnlineReader = OnlineReader(self.store_)
-        self.log_ = InferenceLog(self.settings.inference_log_dir, on_record=self._shadow_score)
+        self.log_ = InferenceLog(
+            self.settings.inference_log_dir,
+            on_record=self._shadow_score,
+            keep_days=_keep_days(),
+        )
         return self
 
     @property
@@ -228,7 +231,11 @@ class Predictor:
         if CHALLENGER not in self.variants_ or self.shadow or self.challenger_share <= 0:
             return CHAMPION
         sticky = user_hash is not None
-        draw = int(user_hash[:8], 16) / 0xFFFFFFFF if sticky else self._random.random()  # type: ignore[index]
+        draw = (
+            int(digest_of(user_hash)[:8], 16) / 0xFFFFFFFF  # type: ignore[arg-type]
+            if sticky
+            else self._random.random()
+        )
         return CHALLENGER if draw < self.challenger_share else CHAMPION
 
     def recommend(
@@ -247,7 +254,7 @@ class Predictor:
         """
         started = time.perf_counter()
         row, fallbacks = self.feature_row(user_id, product_id, measurements, fit_preference)
-        user_hash = hash_user(user_id)
+        user_hash = self._pseudonym(user_id)
         variant = self.variant_for(user_hash)
         models = self.variants_[variant]
         columns = _columns([row])
@@ -306,7 +313,7 @@ class Predictor:
                 {
                     "request_id": request_id,
                     "endpoint": "predict_fit",
-                    "user_hash": hash_user(query.user_id),
+                    "user_hash": self._pseudonym(query.user_id),
                     "product_id": query.product_id,
                     "size": query.size,
                     "variant": CHAMPION,
@@ -326,6 +333,11 @@ class Predictor:
             for q, p in zip(queries, proba, strict=True)
         ]
 
+    def _pseudonym(self, user_id: str | None) -> str | None:
+        if self.pseudonyms is None:  # not loaded: tests that call parts directly
+            self.pseudonyms = load_pseudonymizer(self.settings)
+        return self.pseudonyms(user_id)
+
     def _shadow_score(self, record: dict[str, Any], shadow: Any) -> None:
         """Score the challenger for a logged request (runs in the log writer thread)."""
         if shadow is None or CHALLENGER not in self.variants_:
@@ -339,6 +351,24 @@ class Predictor:
                 "recommended_size": rec.recommended_size,
                 "confidence": rec.confidence,
             }
+
+
+def _keep_days() -> int | None:
+    """Days the inference log keeps (``FITML_INFERENCE_LOG_DAYS``; 0 keeps it for ever)."""
+    import os
+
+    from serving.inference_log import DEFAULT_KEEP_DAYS
+
+    raw = os.environ.get("FITML_INFERENCE_LOG_DAYS", "")
+    try:
+        days = int(raw) if raw else DEFAULT_KEEP_DAYS
+    except ValueError:
+        from ml_pipeline.errors import ConfigError
+
+        raise ConfigError(
+            f"FITML_INFERENCE_LOG_DAYS {raw!r} is not a whole number of days; set it like 90"
+        ) from None
+    return days or None
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:

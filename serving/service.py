@@ -28,6 +28,11 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from serving.bento_models import RegistryModel, load_stored, settings_from_env
+from serving.prediction_guard import (
+    PredictionGuard,
+    install_client_error_log,
+    install_request_deadline,
+)
 from serving.schemas import (
     ID_PATTERN,
     FitPrediction,
@@ -92,7 +97,10 @@ class FitmlService:
 
     def __init__(self) -> None:
         from serving.predictor import LoadedModels, Predictor
+        from serving.service_auth import ServiceTokens, check_bind
 
+        check_bind(os.environ.get("FITML_SERVE_HOST", "127.0.0.1"), ServiceTokens.from_env())
+        install_client_error_log()
         settings = settings_from_env()
         fit, fit_version = load_stored(self.fit_model)
         size, size_version = load_stored(self.size_model)
@@ -192,8 +200,9 @@ class JsonOnly:
         if scope["type"] == "http" and scope["path"] in self.paths:
             media = b""
             for name, value in scope["headers"]:
-                if name == b"content-type":
+                if name == b"content-type":  # the first one: what Starlette (BentoML) reads
                     media = value.split(b";")[0].strip().lower()
+                    break
             if media not in (b"", b"application/json"):
                 response = error_response(
                     415,
@@ -206,7 +215,11 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
+# The guard first (outermost): credentials and limits before anything reads the body.
+cast(Any, FitmlService).add_asgi_middleware(PredictionGuard)
 cast(Any, FitmlService).add_asgi_middleware(JsonOnly)
+# uvicorn (run by BentoML in this process) resolves its HTTP protocol after this import.
+install_request_deadline()
 
 
 class _Metrics:

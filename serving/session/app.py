@@ -10,21 +10,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar, get_args
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, Security
+from fastapi import FastAPI, Header, HTTPException, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.schemas import RecommendResponse
+from serving.limits import Limits, RequestGuard
+from serving.pseudonym import Pseudonymizer
+from serving.schemas import Measurements, RecommendResponse
+from serving.session.auth import JwtVerifier, Principal, SessionAuth
 from serving.session.charts import Chart, ChartBook, chart_rule
 from serving.session.client import (
     CircuitBreaker,
@@ -38,11 +41,11 @@ from serving.session.observability import (
     REQUEST_ID,
     REQUEST_ID_HEADER,
     Metrics,
-    hash_id,
     request_id_from,
 )
 from serving.session.schemas import (
     ID_PATTERN,
+    Area,
     ErrorBody,
     Feedback,
     FeedbackAccepted,
@@ -65,9 +68,15 @@ T = TypeVar("T")
 
 API_PREFIX: Final = "/api/v1/tryon"
 API_KEY_HEADER: Final = "X-API-Key"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 STORE_RETRY_AFTER_S: Final = 5
 
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key.")
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="An OAuth2 client-credentials access token of the configured issuer.",
+)
 
 
 @dataclass
@@ -84,6 +93,12 @@ class Services:
     metrics: Metrics
     store_breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(3, 5.0))
     """Stops calling a failing event store for a while (writes go to the outbox meanwhile)."""
+    pseudonyms: Pseudonymizer = field(default_factory=Pseudonymizer.ephemeral)
+    """Keyed pseudonyms of user ids in the logs (the deployment's keys: joinable)."""
+    jwt: JwtVerifier | None = None
+    """OAuth2 bearer tokens accepted beside API keys (None: API keys only)."""
+    limits: Limits = field(default_factory=Limits)
+    """Request header / body caps and timeouts."""
 
 
 def _services(request: Request) -> Services:
@@ -94,19 +109,33 @@ def _services(request: Request) -> Services:
 
 
 async def authorize(
-    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+    request: Request,
+    security_scopes: SecurityScopes,
+    key: Annotated[str | None, Security(api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
 ) -> str:
-    """Accept a known API key within its rate limit; returns the key id (safe to log)."""
+    """Accept the authenticated caller if it holds the route's scope and is within its limit.
+
+    :class:`~serving.session.auth.SessionAuth` authenticated it before the body was read;
+    returns its id (safe to log).
+    """
     services = _services(request)
-    key_id = services.keys.identify(key)
-    if key_id is None:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
         raise HTTPException(
             401,
             f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header",
             headers={"WWW-Authenticate": API_KEY_HEADER},
         )
-    request.state.key_id = key_id
-    decision = await services.limiter.hit(key_id)
+    missing = [s for s in security_scopes.scopes if s not in principal.scopes]
+    if missing:
+        raise HTTPException(
+            403,
+            f"the token lacks the scope {missing[0]!r} this route needs; ask the issuer for it",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope" scope="{missing[0]}"'},
+        )
+    request.state.key_id = principal.subject
+    decision = await services.limiter.hit(principal.subject)
     if not decision.allowed:
         services.metrics.rate_limited.inc()
         raise HTTPException(
@@ -114,14 +143,53 @@ async def authorize(
             f"rate limit of this API key exceeded; retry after {decision.retry_after_s} s",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
-    return key_id
+    return principal.subject
 
 
-Authorized = Annotated[str, Depends(authorize)]
+Authorized = Annotated[str, Security(authorize, scopes=["admin"])]
+CanStart = Annotated[str, Security(authorize, scopes=["start-session"])]
+CanRead = Annotated[str, Security(authorize, scopes=["read"])]
+CanGiveFeedback = Annotated[str, Security(authorize, scopes=["feedback"])]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        min_length=1,
+        max_length=128,
+        pattern=ID_PATTERN,
+        description="The event's idempotency key (or send it as event_id in the body).",
+    ),
+]
+
+
+def idempotency_key(event_id: str | None, header: str | None) -> str:
+    """The feedback's idempotency key: ``event_id`` or the ``Idempotency-Key`` header.
+
+    Raises:
+        HTTPException: 400 when neither is given, or both are given and differ.
+    """
+    if event_id and header and event_id != header:
+        raise HTTPException(
+            400,
+            f"event_id and the {IDEMPOTENCY_HEADER} header differ; send one key, or the same "
+            "key in both",
+        )
+    key = event_id or header
+    if not key:
+        raise HTTPException(
+            400,
+            f"event_id: missing idempotency key; send a unique event_id in the body or an "
+            f"{IDEMPOTENCY_HEADER} header, and the same one again when you retry",
+        )
+    return key
+
+
 SessionId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+    401: {"model": ErrorBody, "description": "Missing or unknown API key or bearer token"},
+    403: {"model": ErrorBody, "description": "The bearer token lacks this route's scope"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
     422: {"model": ErrorBody, "description": "Invalid request: names the field and the problem"},
     429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
 }
@@ -158,7 +226,9 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         description=(
             "Runs a shopper's try-on session: a size recommendation from the prediction "
             "service (or, marked degraded, from the size chart), and the shopper's fit "
-            f"feedback. Every API route needs an API key in the {API_KEY_HEADER} header."
+            f"feedback. Every API route needs an API key in the {API_KEY_HEADER} header, or an "
+            "OAuth2 client-credentials bearer token with the route's scope (start-session, "
+            "read, feedback; admin for /metrics)."
         ),
         lifespan=lifespan,
         docs_url=None,
@@ -166,12 +236,25 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         openapi_url=None,
     )
     app.state.services = services
+    if services is not None:  # credentials and limits before any body is read
+        app.add_middleware(
+            RequestGuard,
+            limits=services.limits,
+            authenticate=SessionAuth(services.keys, services.jwt),
+            protected=(API_PREFIX, "/metrics"),
+        )
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=[API_KEY_HEADER, REQUEST_ID_HEADER, "Content-Type"],
+            allow_headers=[
+                API_KEY_HEADER,
+                REQUEST_ID_HEADER,
+                IDEMPOTENCY_HEADER,
+                "Authorization",
+                "Content-Type",
+            ],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Location"],
         )
 
@@ -208,6 +291,14 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A client's mistake: logged as where and what kind, never the value it sent.
+        log.info(
+            "request refused: invalid input",
+            extra={
+                "fields": [_field_of(err["loc"]) for err in exc.errors()],
+                "errors": [err.get("type") for err in exc.errors()],
+            },
+        )
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
@@ -227,6 +318,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
                 "status": "ready",
                 "prediction_circuit": s.client.breaker.state,
                 "outbox_pending": s.outbox.pending(),
+                "dead_letters": s.outbox.dead_letters(),
             }
         )
 
@@ -244,7 +336,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         summary="Start a try-on session and get a size recommendation",
     )
     async def start_session(
-        body: StartSession, request: Request, response: Response, _: Authorized
+        body: StartSession, request: Request, response: Response, _: CanStart
     ) -> Session:
         s = _services(request)
         chart = await anyio.to_thread.run_sync(s.charts.get, body.product_id)
@@ -283,7 +375,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             "session started",
             extra={
                 "session_id": session_id,
-                "user_hash": hash_id(body.user_id),
+                "user_hash": s.pseudonyms(body.user_id),
                 "guest": body.user_id is None,
                 "product_id": body.product_id,
                 "recommended_size": session.recommended_size,
@@ -303,7 +395,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         },
         summary="Read a session, its recommendation and the feedback recorded so far",
     )
-    async def read_session(session_id: SessionId, request: Request, _: Authorized) -> Session:
+    async def read_session(session_id: SessionId, request: Request, _: CanRead) -> Session:
         s = _services(request)
         try:
             record = await _store(s, s.store.get_session, session_id)
@@ -340,6 +432,11 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         response_model=FeedbackAccepted,
         responses={
             **ERRORS,
+            400: {
+                "model": ErrorBody,
+                "description": "No idempotency key (event_id or Idempotency-Key), or two that "
+                "differ",
+            },
             404: {"model": ErrorBody, "description": "Unknown session"},
             503: {
                 "model": ErrorBody,
@@ -350,9 +447,14 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         summary="Record the shopper's feedback on a size they tried",
     )
     async def record_feedback(
-        session_id: SessionId, body: Feedback, request: Request, _: Authorized
+        session_id: SessionId,
+        body: Feedback,
+        request: Request,
+        _: CanGiveFeedback,
+        idempotency: IdempotencyHeader = None,
     ) -> FeedbackAccepted:
         s = _services(request)
+        idempotency_key(body.event_id, idempotency)  # a missing key is refused before any I/O
         record = await _find_session(s, session_id)
         sizes = {o["size"]: int(o["size_index"]) for o in record.body.get("sizes", [])}
         if body.size not in sizes:
@@ -361,7 +463,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
                 f"size {body.size!r} is not a size of product {record.product_id!r}; "
                 f"use one of {', '.join(sizes)}",
             )
-        event_id = body.event_id or uuid.uuid4().hex
+        event_id = idempotency_key(body.event_id, idempotency)
         event = FeedbackEvent(
             event_id=event_id,
             session_id=session_id,
@@ -373,15 +475,16 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             event_timestamp=datetime.now(UTC),
             notes={str(k): v for k, v in body.notes.items()},
         )
-        added = await anyio.to_thread.run_sync(
-            s.outbox.put, [("event", event_id, record.user_id, session_id, event.to_json())]
-        )
-        duplicate = added == 0
-        if not duplicate and body.event_id is not None:
-            try:
-                duplicate = await _store(s, s.store.has_event, event_id)
-            except StoreUnavailable:
-                duplicate = False  # the outbox delivers it once, whatever the store holds
+        # A resend after the event left the outbox (perhaps through another replica) is found
+        # in the store; otherwise one atomic insert into the outbox's accepted keys decides.
+        try:
+            duplicate = await _store(s, s.store.has_event, event_id)
+        except StoreUnavailable:
+            duplicate = False  # the outbox delivers it once, whatever the store holds
+        if not duplicate:
+            duplicate = not await anyio.to_thread.run_sync(
+                s.outbox.accept, "event", event_id, record.user_id, session_id, event.to_json()
+            )
         if not duplicate:
             s.metrics.feedback.labels(body.outcome).inc()
         s.deliverer.wake()
@@ -390,7 +493,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             extra={
                 "session_id": session_id,
                 "event_id": event_id,
-                "user_hash": hash_id(record.user_id),
+                "user_hash": s.pseudonyms(record.user_id),
                 "outcome": body.outcome,
                 "duplicate": duplicate,
             },
@@ -402,6 +505,22 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         )
 
     return app
+
+
+_KNOWN_NAMES = frozenset(
+    {"body", "path", "query", "header", "session_id", IDEMPOTENCY_HEADER.lower()}
+    | set(StartSession.model_fields)
+    | set(Feedback.model_fields)
+    | set(Measurements.model_fields)
+    | set(get_args(Area))
+)
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    """A validation error's location fit for a log: names the client chose become ``?``."""
+    return ".".join(
+        str(p) if isinstance(p, int) or str(p).lower() in _KNOWN_NAMES else "?" for p in loc
+    )
 
 
 async def _store(s: Services, call: Callable[..., T], *args: Any) -> T:

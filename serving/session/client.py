@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -93,15 +94,20 @@ class CircuitBreaker:
 
 
 class PredictionClient:
-    """Calls ``POST /recommend`` of the prediction service."""
+    """Calls ``POST /recommend`` of the prediction service.
+
+    ``token`` returns the service token to send now (so a rotated one is picked up), if any.
+    """
 
     def __init__(
         self,
         base_url: str,
         settings: ClientSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._token = token
         self.settings = settings = settings or ClientSettings()
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self._transport = transport
@@ -139,6 +145,9 @@ class PredictionClient:
         s = self.settings
         deadline = time.monotonic() + s.deadline_s
         headers = {REQUEST_ID_HEADER: REQUEST_ID.get()}
+        token = self._token() if self._token is not None else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         error = PredictionUnavailable("connection", "prediction service not called")
         for attempt in range(s.retries + 1):
             try:

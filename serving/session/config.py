@@ -14,6 +14,17 @@ environment (secrets and deployment knobs):
 - ``FITML_RATE_LIMIT``: requests per second per API key (default 50), and
   ``FITML_RATE_BURST`` (default 100).
 - ``FITML_CORS_ORIGINS``: comma-separated allowed origins (default: none).
+- ``FITML_OAUTH_ISSUER``, ``FITML_OAUTH_AUDIENCE`` and ``FITML_OAUTH_JWKS_FILE`` (or
+  ``FITML_OAUTH_JWKS_URL``): accept OAuth2 client-credentials JWT bearer tokens of that issuer
+  beside API keys (scopes ``start-session``, ``feedback``, ``read``, ``admin``).
+- ``FITML_SERVICE_TOKEN`` / ``FITML_SERVICE_TOKEN_FILE``: the bearer token sent to the
+  prediction service (the file's last line; re-read when it changes).
+- ``FITML_SECRET_OVERLAP_S``: how long a key removed from a secrets file is still accepted
+  (default 3600).
+- ``FITML_MAX_BODY_BYTES`` (default 65536), ``FITML_MAX_HEADER_BYTES`` (16384),
+  ``FITML_BODY_TIMEOUT_S`` and ``FITML_HEADER_TIMEOUT_S`` (10): request limits.
+
+Files named by ``*_FILE`` variables are re-read when they change (see :mod:`serving.secrets`).
 """
 
 from __future__ import annotations
@@ -52,7 +63,20 @@ class SessionConfig(BaseModel):
 
     settings: Settings
     prediction_url: str
-    api_key_hashes: tuple[str, ...] = Field(min_length=1)
+    api_key_hashes: tuple[str, ...] = ()
+    """Keys given inline (``FITML_API_KEYS``), hashed; the keys file is ``api_keys_file``."""
+    api_keys_file: str | None = None
+    oauth_issuer: str | None = None
+    oauth_audience: str | None = None
+    oauth_jwks_file: str | None = None
+    oauth_jwks_url: str | None = None
+    service_token: str | None = None
+    service_token_file: str | None = None
+    secret_overlap_s: float = Field(default=3600.0, ge=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
     event_store: str = "sqlite"
     table_prefix: str = Field(default="fitml_tryon", pattern=r"^[a-z][a-z0-9_]{0,40}$")
     redis_url: str | None = None
@@ -161,6 +185,27 @@ def load_session_config(
     env = os.environ if env is None else env
     prod = settings.profile == "prod"
     store = event_store_spec(settings, env)
+    issuer = env.get("FITML_OAUTH_ISSUER") or None
+    audience = env.get("FITML_OAUTH_AUDIENCE") or None
+    jwks_file = env.get("FITML_OAUTH_JWKS_FILE") or None
+    jwks_url = env.get("FITML_OAUTH_JWKS_URL") or None
+    if issuer is None and (audience or jwks_file or jwks_url):
+        raise ConfigError(
+            "FITML_OAUTH_AUDIENCE / FITML_OAUTH_JWKS_* are set without FITML_OAUTH_ISSUER; set "
+            "the issuer too, or unset them"
+        )
+    if issuer is not None and (not audience or (jwks_file is None) == (jwks_url is None)):
+        raise ConfigError(
+            "FITML_OAUTH_ISSUER needs FITML_OAUTH_AUDIENCE and exactly one of "
+            "FITML_OAUTH_JWKS_FILE or FITML_OAUTH_JWKS_URL"
+        )
+    if issuer is None:
+        load_key_hashes(env)  # at least one API key, the file readable: else a ConfigError
+    inline = tuple(
+        dict.fromkeys(
+            hash_key(k.strip()) for k in env.get("FITML_API_KEYS", "").split(",") if k.strip()
+        )
+    )
     redis_url = env.get("FITML_SESSION_REDIS") or ("redis://127.0.0.1:6379/0" if prod else None)
     origins = tuple(o.strip() for o in env.get("FITML_CORS_ORIGINS", "").split(",") if o.strip())
     return SessionConfig(
@@ -168,7 +213,19 @@ def load_session_config(
         prediction_url=(
             prediction_url or f"http://{settings.serving.host}:{settings.serving.port}"
         ).rstrip("/"),
-        api_key_hashes=load_key_hashes(env),
+        api_key_hashes=inline,
+        api_keys_file=env.get("FITML_API_KEYS_FILE") or None,
+        oauth_issuer=issuer,
+        oauth_audience=audience,
+        oauth_jwks_file=jwks_file,
+        oauth_jwks_url=jwks_url,
+        service_token=env.get("FITML_SERVICE_TOKEN") or None,
+        service_token_file=env.get("FITML_SERVICE_TOKEN_FILE") or None,
+        secret_overlap_s=_number(env, "FITML_SECRET_OVERLAP_S", 3600.0),
+        max_body_bytes=int(_number(env, "FITML_MAX_BODY_BYTES", 64 * 1024)),
+        max_header_bytes=int(_number(env, "FITML_MAX_HEADER_BYTES", 16 * 1024)),
+        body_timeout_s=_number(env, "FITML_BODY_TIMEOUT_S", 10.0),
+        header_timeout_s=_number(env, "FITML_HEADER_TIMEOUT_S", 10.0),
         event_store=store,
         table_prefix=table_prefix(env),
         redis_url=redis_url,

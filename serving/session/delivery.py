@@ -12,6 +12,11 @@ Each pass (:meth:`Deliverer.deliver_once`) takes the due items of each kind in o
 
 An item leaves the outbox only when its step succeeded; a failed step is retried with
 exponential backoff. Nothing is lost while a store is down.
+
+An item a store refuses (:class:`~serving.session.store.StoreRejected`, an unreadable payload,
+a feature store that rejects its values) is found by delivering the batch item by item and set
+aside in the outbox's dead-letter table with the reason (``fitml_session_dead_letters_total``,
+``/readyz`` ``dead_letters``), so one poison message never holds back the others.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +90,8 @@ class DeliveryReport:
 
     delivered: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
+    dead: dict[str, int] = field(default_factory=dict)
+    """Items set aside in the dead-letter table (the store refused them)."""
 
 
 class Deliverer:
@@ -96,8 +104,11 @@ class Deliverer:
         push: PushFn | None,
         metrics: Metrics | None = None,
         interval_s: float = 1.0,
+        idempotency_window_s: float = 7 * 86_400,
     ) -> None:
         self.outbox = outbox
+        self.idempotency_window_s = idempotency_window_s
+        self._pruned_at = 0.0
         self.store = store
         self.push = push
         self.metrics = metrics
@@ -109,6 +120,9 @@ class Deliverer:
     def deliver_once(self) -> DeliveryReport:
         """Deliver every due item once, kind by kind."""
         report = DeliveryReport()
+        if time.monotonic() - self._pruned_at > 60:
+            self.outbox.prune_accepted(self.idempotency_window_s)
+            self._pruned_at = time.monotonic()
         self._sessions(report)
         self._events(report)
         self._pushes(report)
@@ -116,6 +130,8 @@ class Deliverer:
         if self.metrics is not None:
             for kind, n in self.outbox.pending().items():
                 self.metrics.outbox_pending.labels(kind).set(n)
+            for kind, n in self.outbox.dead_letters().items():
+                self.metrics.dead_letter_items.labels(kind).set(n)
         return report
 
     def _count(self, report: DeliveryReport, kind: str, ok: int, failed: int) -> None:
@@ -129,40 +145,87 @@ class Deliverer:
             if failed:
                 self.metrics.deliveries.labels(kind, "failed").inc(failed)
 
-    def _sessions(self, report: DeliveryReport) -> None:
-        items = self.outbox.due("session")
-        if not items:
-            return
+    def _reason(self, exc: BaseException) -> str:
+        """Why an item was set aside: the error's type and first line (no data echoed)."""
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+
+    def _bury(self, kind: str, items: list[OutboxItem], exc: BaseException) -> None:
+        """Set aside items no store will take, so the ones behind them flow."""
+        self.outbox.bury([i.id for i in items], self._reason(exc))
+        log.warning(
+            "outbox item set aside in the dead-letter table",
+            extra={"kind": kind, "items": len(items), "error": type(exc).__name__},
+        )
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(kind).inc(len(items))
+
+    def _deliver(
+        self,
+        kind: str,
+        items: list[OutboxItem],
+        step: Callable[[list[OutboxItem]], list[tuple[str, str, str | None, str | None, str]]],
+        report: DeliveryReport,
+    ) -> None:
+        """Run ``step`` on the batch; on a refusal, item by item, setting refused ones aside.
+
+        ``step`` returns the follow-up items of what it delivered. :class:`StoreUnavailable`
+        (the store is down) keeps the items for a later pass; any other error of a single item
+        (:class:`StoreRejected`, an unreadable payload, a refusal of the feature store) sends
+        that item to the dead-letter table.
+        """
         try:
-            for item in items:
-                self.store.save_session(SessionRecord.from_json(item.payload))
+            follow = step(items)
         except StoreUnavailable as exc:
             self.outbox.retry([i.id for i in items], str(exc))
-            self._count(report, "session", 0, len(items))
+            self._count(report, kind, 0, len(items))
             return
-        self.outbox.done([i.id for i in items])
-        self._count(report, "session", len(items), 0)
+        except Exception as exc:
+            if len(items) > 1:
+                for i, item in enumerate(items):
+                    before = report.failed.get(kind, 0)
+                    self._deliver(kind, [item], step, report)
+                    if report.failed.get(kind, 0) > before:  # the store went down: stop here
+                        rest = items[i + 1 :]
+                        if rest:
+                            self.outbox.retry([r.id for r in rest], "store unavailable")
+                            self._count(report, kind, 0, len(rest))
+                        return
+                return
+            self._bury(kind, items, exc)
+            report.dead[kind] = report.dead.get(kind, 0) + 1
+            return
+        self.outbox.replace([i.id for i in items], follow)
+        self._count(report, kind, len(items), 0)
+
+    def _sessions(self, report: DeliveryReport) -> None:
+        items = self.outbox.due("session")
+        if items:
+            self._deliver("session", items, self._save_sessions, report)
+
+    def _save_sessions(
+        self, items: list[OutboxItem]
+    ) -> list[tuple[str, str, str | None, str | None, str]]:
+        for item in items:
+            self.store.save_session(SessionRecord.from_json(item.payload))
+        return []
 
     def _events(self, report: DeliveryReport) -> None:
         items = self.outbox.due("event")
-        if not items:
-            return
+        if items:
+            self._deliver("event", items, self._add_events, report)
+
+    def _add_events(
+        self, items: list[OutboxItem]
+    ) -> list[tuple[str, str, str | None, str | None, str]]:
         events = [FeedbackEvent.from_json(i.payload) for i in items]
-        try:
-            new = set(self.store.add_events(events))
-            old = [e.event_id for e in events if e.event_id not in new]
-            to_push = new | set(self.store.unpushed(old))
-        except StoreUnavailable as exc:
-            self.outbox.retry([i.id for i in items], str(exc))
-            self._count(report, "event", 0, len(items))
-            return
-        follow = [
+        new = set(self.store.add_events(events))
+        old = [e.event_id for e in events if e.event_id not in new]
+        to_push = new | set(self.store.unpushed(old))
+        return [
             ("push", e.event_id, e.user_id, e.session_id, e.to_json())
             for e in events
             if e.event_id in to_push and e.user_id
         ]
-        self.outbox.replace([i.id for i in items], follow)
-        self._count(report, "event", len(items), 0)
 
     def _pushes(self, report: DeliveryReport) -> None:
         items = self.outbox.due("push")
@@ -172,60 +235,33 @@ class Deliverer:
             self.outbox.retry([i.id for i in items], "no push function installed")
             self._count(report, "push", 0, len(items))
             return
+        self._deliver("push", items, self._push, report)
+
+    def _push(self, items: list[OutboxItem]) -> list[tuple[str, str, str | None, str | None, str]]:
+        assert self.push is not None
         events = [FeedbackEvent.from_json(i.payload) for i in items]
         try:
             self.push(events_frame(events))
-        except ValueError:
-            # The feature store refused the data (e.g. a size not on its charts): push one by
-            # one, so one bad event does not hold back the others; it stays in the outbox.
-            for item, event in zip(items, events, strict=True):
-                self._push_batch([item], [event], report)
-            return
+        except (ValueError, KeyError, TypeError):
+            raise  # the feature store refused the data: isolate, then set aside
         except Exception as exc:  # the feature store is down or failing: retry later
-            self._push_failed(items, exc, report)
-            return
-        self._pushed(items, events, report)
-
-    def _push_batch(
-        self, items: list[OutboxItem], events: list[FeedbackEvent], report: DeliveryReport
-    ) -> None:
-        assert self.push is not None
-        try:
-            self.push(events_frame(events))
-        except Exception as exc:
-            self._push_failed(items, exc, report)
-            return
-        self._pushed(items, events, report)
-
-    def _push_failed(self, items: list[OutboxItem], exc: Exception, report: DeliveryReport) -> None:
-        log.warning(
-            "push to the feature store failed; will retry",
-            extra={"error": type(exc).__name__, "events": len(items)},
-        )
-        self.outbox.retry([i.id for i in items], f"{type(exc).__name__}: {exc}")
-        self._count(report, "push", 0, len(items))
-
-    def _pushed(
-        self, items: list[OutboxItem], events: list[FeedbackEvent], report: DeliveryReport
-    ) -> None:
-        follow = [
+            log.warning(
+                "push to the feature store failed; will retry",
+                extra={"error": type(exc).__name__, "events": len(items)},
+            )
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return [
             ("pushed", e.event_id, e.user_id, e.session_id, json.dumps(e.event_id)) for e in events
         ]
-        self.outbox.replace([i.id for i in items], follow)
-        self._count(report, "push", len(items), 0)
 
     def _marks(self, report: DeliveryReport) -> None:
         items = self.outbox.due("pushed")
-        if not items:
-            return
-        try:
-            self.store.mark_pushed([i.key for i in items])
-        except StoreUnavailable as exc:
-            self.outbox.retry([i.id for i in items], str(exc))
-            self._count(report, "pushed", 0, len(items))
-            return
-        self.outbox.done([i.id for i in items])
-        self._count(report, "pushed", len(items), 0)
+        if items:
+            self._deliver("pushed", items, self._mark, report)
+
+    def _mark(self, items: list[OutboxItem]) -> list[tuple[str, str, str | None, str | None, str]]:
+        self.store.mark_pushed([i.key for i in items])
+        return []
 
     # -- background task -----------------------------------------------------------------
     def wake(self) -> None:

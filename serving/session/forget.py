@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ml_pipeline.settings import Settings
-from serving.session.observability import hash_id
+from serving.pseudonym import load_pseudonymizer
 from serving.session.store import DEFAULT_PREFIX, Outbox, open_event_store
 
 SKIP_DIRS = ("session",)
@@ -69,7 +69,9 @@ def forget_user(
     """
     if not user_id:
         raise ValueError("user_id is empty; give the id of the shopper to forget")
-    report = ForgetReport(user_hash=hash_id(user_id) or "")
+    pseudonyms = load_pseudonymizer(settings)
+    report = ForgetReport(user_hash=pseudonyms(user_id) or "")
+    hashes = pseudonyms.all_of(user_id)
     state_dir = settings.workdir / "session"
 
     store = open_event_store(event_store, state_dir, table_prefix)
@@ -77,6 +79,7 @@ def forget_user(
         store.ensure()
         for table, n in store.forget_user(user_id).items():
             report.removed[f"event_store:{table}"] = n
+        store.compact()
     finally:
         store.close()
     outbox_path = state_dir / "outbox.db"
@@ -84,6 +87,7 @@ def forget_user(
         outbox = Outbox(outbox_path)
         try:
             report.removed["outbox"] = outbox.forget_user(user_id)
+            outbox.compact()
         finally:
             outbox.close()
 
@@ -92,7 +96,7 @@ def forget_user(
         if n:
             report.removed[f"parquet:{path.relative_to(settings.workdir)}"] = n
     for path in sorted(_files(settings.workdir, ".jsonl")):
-        n = _forget_jsonl(path, user_id, report.user_hash)
+        n = _forget_jsonl(path, user_id, hashes)
         if n:
             report.removed[f"jsonl:{path.relative_to(settings.workdir)}"] = n
 
@@ -140,7 +144,7 @@ def _forget_parquet(path: Path, user_id: str) -> int:
     return removed
 
 
-def _forget_jsonl(path: Path, user_id: str, user_hash: str) -> int:
+def _forget_jsonl(path: Path, user_id: str, hashes: set[str]) -> int:
     kept, removed = [], 0
     for line in path.read_text().splitlines(keepends=True):
         try:
@@ -149,7 +153,7 @@ def _forget_jsonl(path: Path, user_id: str, user_hash: str) -> int:
             kept.append(line)
             continue
         if isinstance(record, dict) and (
-            record.get("user_id") == user_id or record.get("user_hash") == user_hash
+            record.get("user_id") == user_id or record.get("user_hash") in hashes
         ):
             removed += 1
         else:
@@ -186,15 +190,23 @@ def _forget_online(store: Any, user_id: str) -> dict[str, int]:
         if not path.is_absolute():
             path = Path(config.repo_path) / path
         versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        from serving.session.store import scrub_sqlite
+
         blob = serialize_entity_key(key, entity_key_serialization_version=version)
-        with sqlite3.connect(path, timeout=10) as conn:
-            for view in views:
-                table = compute_table_id(config.project, view, versioning)
-                try:
-                    cur = conn.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (blob,))
-                except sqlite3.OperationalError:  # view never materialised
-                    continue
-                removed[view.name] = 1 if cur.rowcount > 0 else 0  # entities, not values
+        conn = sqlite3.connect(path, timeout=10)
+        try:
+            conn.execute("PRAGMA secure_delete=ON")
+            with conn:
+                for view in views:
+                    table = compute_table_id(config.project, view, versioning)
+                    try:
+                        cur = conn.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (blob,))
+                    except sqlite3.OperationalError:  # view never materialised
+                        continue
+                    removed[view.name] = 1 if cur.rowcount > 0 else 0  # entities, not values
+            scrub_sqlite(conn)
+        finally:
+            conn.close()
     elif kind == "redis":
         from feast.infra.online_stores.helpers import _redis_key
 

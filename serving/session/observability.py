@@ -1,9 +1,11 @@
-"""Structured JSON logs with a request id, hashing of identifiers, Prometheus metrics."""
+"""Structured JSON logs with a request id, Prometheus metrics.
+
+Identifiers appear in logs only as keyed pseudonyms (:mod:`serving.pseudonym`).
+"""
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import logging
 import re
@@ -20,17 +22,6 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 # LogRecord attributes that are not "extra" fields.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-def hash_id(value: str | None) -> str | None:
-    """An identifier as it may appear in logs: a truncated SHA-256.
-
-    The same hash as :func:`serving.predictor.hash_user`, so the session service's logs and
-    the prediction service's inference log can be joined on it.
-    """
-    if not value:
-        return None
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def request_id_from(header: str | None) -> str:
@@ -119,4 +110,16 @@ class Metrics:
         )
         self.outbox_pending = Gauge(
             "fitml_session_outbox_pending", "Outbox items not yet delivered", ["kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "fitml_session_dead_letters",
+            "Outbox items a store refused, set aside in the dead-letter table",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_letter_items = Gauge(
+            "fitml_session_dead_letter_items",
+            "Items in the dead-letter table (alert when above 0)",
+            ["kind"],
+            registry=r,
         )

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from serving.schemas import FitPreference, Measurements
 
 Outcome = Literal["too_small", "fit", "too_large"]
 Area = Literal["chest", "waist", "hips", "length", "shoulders", "sleeves", "inseam"]
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """Free text every event store can hold: no control character, no lone surrogate.
+
+    PostgreSQL's JSONB and text refuse NUL; control characters and unpaired surrogates are
+    not text a shopper types.
+
+    Raises:
+        ValueError: naming the character and its position (never echoing the text).
+    """
+    bad = _UNSTORABLE.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"contains the character U+{ord(bad.group()):04X} at position {bad.start()}; "
+            "send plain text without control characters or unpaired surrogates"
+        )
+    return value
+
+
+StorableText = Annotated[str, Field(max_length=500), AfterValidator(storable_text)]
 
 
 class StartSession(BaseModel):
@@ -86,11 +110,12 @@ class Feedback(BaseModel):
         min_length=1,
         max_length=128,
         pattern=ID_PATTERN,
-        description="Idempotency key: resending the same event id records it once.",
+        description="Idempotency key (required here or as the Idempotency-Key header): "
+        "resending the same event id records it once.",
     )
     size: str = Field(min_length=1, max_length=16)
     outcome: Outcome
-    notes: dict[Area, Annotated[str, Field(max_length=500)]] = Field(
+    notes: dict[Area, StorableText] = Field(
         default_factory=dict, description="Optional free-text notes per body area."
     )
 

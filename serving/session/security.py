@@ -10,16 +10,40 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from serving.session.config import hash_key
+from serving.secrets import SecretFile
+from serving.session.config import HASH_PREFIX, hash_key
 
 log = logging.getLogger(__name__)
 
 
 class KeyRing:
-    """The accepted API keys, held only as SHA-256 hashes."""
+    """The accepted API keys, held only as SHA-256 hashes.
 
-    def __init__(self, hashes: tuple[str, ...]) -> None:
-        self._hashes = tuple(h.lower() for h in hashes)
+    Args:
+        hashes: keys given inline (``FITML_API_KEYS``), hashed.
+        source: the keys file (``FITML_API_KEYS_FILE``: keys or ``sha256:<hex>`` lines),
+            re-read when it changes; a key removed from it is accepted for the file's overlap
+            window more, so keys rotate without a restart and without refusing anyone.
+    """
+
+    def __init__(self, hashes: tuple[str, ...], source: SecretFile | None = None) -> None:
+        self._static = tuple(h.lower() for h in hashes)
+        self._source = source
+        self._lines: tuple[str, ...] | None = None
+        self._hashes = self._static
+
+    def _current(self) -> tuple[str, ...]:
+        if self._source is not None:
+            lines = self._source.accepted()
+            if lines != self._lines:
+                self._lines = lines
+                self._hashes = self._static + tuple(
+                    (
+                        line[len(HASH_PREFIX) :] if line.startswith(HASH_PREFIX) else hash_key(line)
+                    ).lower()
+                    for line in lines
+                )
+        return self._hashes
 
     def identify(self, key: str | None) -> str | None:
         """The key's id (a prefix of its hash, safe to log) if the key is accepted, else None."""
@@ -27,7 +51,7 @@ class KeyRing:
             return None
         digest = hash_key(key)
         found = False
-        for known in self._hashes:  # compare against every hash: no early exit on a match
+        for known in self._current():  # compare against every hash: no early exit on a match
             found |= hmac.compare_digest(digest, known)
         return digest[:12] if found else None
 

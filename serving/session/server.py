@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serving.limits import Limits, request_deadline_protocol, uvicorn_limits
+from serving.pseudonym import load_pseudonymizer
+from serving.secrets import SecretFile
+from serving.service_auth import ServiceTokens
 from serving.session.app import Services, create_app
+from serving.session.auth import JwtVerifier
 from serving.session.charts import ChartBook, OnlineReader
 from serving.session.client import PredictionClient
 from serving.session.config import SessionConfig
@@ -44,16 +49,60 @@ def build_services(config: SessionConfig, push: PushFn | None = None) -> Service
         metrics,
         interval_s=config.delivery_interval_s,
     )
+    keys_file = (
+        SecretFile(config.api_keys_file, overlap_s=config.secret_overlap_s, what="API keys file")
+        if config.api_keys_file
+        else None
+    )
+    jwt = None
+    if config.oauth_issuer is not None:
+        jwt = JwtVerifier(
+            config.oauth_issuer,
+            str(config.oauth_audience),
+            jwks_file=config.oauth_jwks_file,
+            jwks_url=config.oauth_jwks_url,
+            overlap_s=config.secret_overlap_s,
+        )
     return Services(
-        client=PredictionClient(config.prediction_url, config.client),
+        client=PredictionClient(
+            config.prediction_url, config.client, token=service_tokens(config).current
+        ),
         charts=charts,
         store=store,
         outbox=outbox,
         deliverer=deliverer,
         limiter=limiter,
-        keys=KeyRing(config.api_key_hashes),
+        keys=KeyRing(config.api_key_hashes, keys_file),
         metrics=metrics,
+        pseudonyms=load_pseudonymizer(settings),
+        jwt=jwt,
+        limits=limits_of(config),
     )
+
+
+def limits_of(config: SessionConfig) -> Limits:
+    """The request limits the configuration sets."""
+    return Limits(
+        max_body_bytes=config.max_body_bytes,
+        max_header_bytes=config.max_header_bytes,
+        body_timeout_s=config.body_timeout_s,
+        header_timeout_s=config.header_timeout_s,
+    )
+
+
+def service_tokens(config: SessionConfig) -> ServiceTokens:
+    """The token(s) the session service presents to the prediction service."""
+    inline = tuple(t.strip() for t in (config.service_token or "").split(",") if t.strip())
+    source = (
+        SecretFile(
+            config.service_token_file,
+            overlap_s=config.secret_overlap_s,
+            what="FITML_SERVICE_TOKEN_FILE",
+        )
+        if config.service_token_file
+        else None
+    )
+    return ServiceTokens(inline, source)
 
 
 def build_app(config: SessionConfig, push: PushFn | None = None) -> FastAPI:
@@ -69,4 +118,13 @@ def serve(config: SessionConfig, port: int = 8000, host: str = "127.0.0.1") -> N
 
     configure_logging()
     app = build_app(config)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    limits = limits_of(config)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        http=request_deadline_protocol(limits.header_timeout_s),
+        **uvicorn_limits(limits),
+    )

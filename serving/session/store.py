@@ -32,6 +32,10 @@ class StoreUnavailable(RuntimeError):
     """The event store did not answer (down, unreachable, or refused the connection)."""
 
 
+class StoreRejected(ValueError):
+    """The event store answered but refused this data: sending it again will not help."""
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     """A stored session: its keys and the session body (the API's ``Session`` as JSON)."""
@@ -153,6 +157,10 @@ class EventStore(Protocol):
 
     def forget_user(self, user_id: str) -> dict[str, int]:
         """Delete the user's sessions and events; returns rows deleted per table."""
+        ...
+
+    def compact(self) -> None:
+        """Leave no readable copy of deleted rows in the store's files (after forgetting)."""
         ...
 
     def close(self) -> None:
@@ -366,6 +374,7 @@ class SqliteEventStore(_SqlEventStore):
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not freed
             with conn:
                 for statement in self._ddl():
                     conn.execute(statement)
@@ -397,6 +406,16 @@ class SqliteEventStore(_SqlEventStore):
                     yield conn.cursor()
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite event store {self.path}: {exc}") from exc
+            except (sqlite3.DataError, sqlite3.IntegrityError, UnicodeError) as exc:
+                raise StoreRejected(f"SQLite event store refused the data: {exc}") from exc
+
+    def compact(self) -> None:
+        """Rewrite the file without free pages and empty its write-ahead log."""
+        with self._lock:
+            try:
+                scrub_sqlite(self._connect())
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite event store {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection."""
@@ -404,6 +423,24 @@ class SqliteEventStore(_SqlEventStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def scrub_sqlite(conn: sqlite3.Connection) -> None:
+    """Leave no deleted row readable in a SQLite database's files.
+
+    ``secure_delete`` overwrites what later deletes free; ``VACUUM`` rewrites the file without
+    free pages (where rows deleted earlier still sit); ``wal_checkpoint(TRUNCATE)`` copies the
+    write-ahead log into the file and truncates it to zero bytes (old frames hold old rows).
+    """
+    conn.commit()
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("VACUUM")
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise sqlite3.OperationalError(
+            "write-ahead log not truncated: another connection is reading; run again"
+        )
 
 
 class PostgresEventStore(_SqlEventStore):
@@ -454,6 +491,27 @@ class PostgresEventStore(_SqlEventStore):
                     self._conn.close()
                 self._conn = None
                 raise StoreUnavailable(f"PostgreSQL event store: {exc}".strip()) from exc
+            except (psycopg.DataError, psycopg.IntegrityError, UnicodeError) as exc:
+                # The transaction was rolled back; the connection is still good.
+                raise StoreRejected(f"PostgreSQL event store refused the data: {exc}") from exc
+
+    def compact(self) -> None:
+        """``VACUUM FULL`` both tables: rewritten into new files without the deleted rows.
+
+        It locks the tables while it runs (writes wait; the session service's outbox holds
+        feedback meanwhile). PostgreSQL's own write-ahead log and backups are out of reach
+        here: they age out with the server's WAL retention and backup policy.
+        """
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.dsn, connect_timeout=self.connect_timeout_s, autocommit=True
+            ) as conn:
+                for table in (self.events, self.sessions):
+                    conn.execute(f"VACUUM FULL {table}")
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StoreUnavailable(f"PostgreSQL event store: {exc}".strip()) from exc
 
     def close(self) -> None:
         """Close the connection."""
@@ -496,12 +554,23 @@ class Outbox:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA secure_delete=ON")  # delivered payloads are overwritten
         with self._conn:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "kind TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT, session_id TEXT, "
                 "payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL, "
                 "last_error TEXT, created REAL NOT NULL, UNIQUE (kind, key))"
+            )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS accepted (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+            )
+            self._conn.execute("CREATE INDEX IF NOT EXISTS accepted_at ON accepted (at)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS dead_letter (id INTEGER PRIMARY KEY, "
+                "kind TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT, session_id TEXT, "
+                "payload TEXT NOT NULL, attempts INTEGER NOT NULL, reason TEXT NOT NULL, "
+                "created REAL NOT NULL, dead_at REAL NOT NULL)"
             )
 
     def put(self, items: Sequence[tuple[str, str, str | None, str | None, str]]) -> int:
@@ -519,6 +588,40 @@ class Outbox:
                 [(k, key, u, s, p, now, now) for k, key, u, s, p in items],
             )
             return self._conn.total_changes - before
+
+    def accept(
+        self, kind: str, key: str, user_id: str | None, session_id: str, payload: str
+    ) -> bool:
+        """Add an item unless its key was accepted before, in one transaction.
+
+        The answer to "is this a new event?" comes from this one atomic check of the
+        ``accepted`` table (kept for :meth:`prune_accepted`'s window), not from the outbox or
+        the event store, whose contents move while the background delivery runs.
+
+        Returns:
+            True if the key is new (the item was added), False if it was accepted before.
+        """
+        now = time.time()
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO accepted (key, at) VALUES (?, ?)", (f"{kind}:{key}", now)
+            )
+            if cur.rowcount == 0:
+                return False
+            self._conn.execute(
+                "INSERT OR IGNORE INTO outbox (kind, key, user_id, session_id, payload, due, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, key, user_id, session_id, payload, now, now),
+            )
+            return True
+
+    def prune_accepted(self, max_age_s: float) -> int:
+        """Forget accepted keys older than ``max_age_s`` (the idempotency window)."""
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "DELETE FROM accepted WHERE at < ?", (time.time() - max_age_s,)
+            )
+            return int(cur.rowcount)
 
     def find(self, kind: str, key: str) -> str | None:
         """The payload of a pending item, or None."""
@@ -577,6 +680,66 @@ class Outbox:
                     (error[:500], now, max_backoff_s, i),
                 )
 
+    def bury(self, ids: Sequence[int], reason: str) -> int:
+        """Move items no store will accept to the dead-letter table, with the reason.
+
+        They leave the outbox (so the items behind them flow) but are kept, payload and all,
+        for an operator to inspect, fix and :meth:`requeue`; ``forget-user`` deletes them too.
+
+        Returns:
+            How many items were moved.
+        """
+        now = time.time()
+        with self._lock, self._conn:
+            moved = 0
+            for i in ids:
+                cur = self._conn.execute(
+                    "INSERT INTO dead_letter (kind, key, user_id, session_id, payload, attempts, "
+                    "reason, created, dead_at) SELECT kind, key, user_id, session_id, payload, "
+                    "attempts + 1, ?, created, ? FROM outbox WHERE id = ?",
+                    (reason[:500], now, i),
+                )
+                moved += int(cur.rowcount)
+                self._conn.execute("DELETE FROM outbox WHERE id = ?", (i,))
+            return moved
+
+    def dead_letters(self) -> dict[str, int]:
+        """Dead-letter items per kind."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT kind, COUNT(*) FROM dead_letter GROUP BY kind"
+            ).fetchall()
+        counts = dict.fromkeys(self.KINDS, 0)
+        counts.update({str(k): int(n) for k, n in rows})
+        return counts
+
+    def dead(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest dead-letter items (id, kind, key, reason, attempts, dead_at)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, key, reason, attempts, dead_at FROM dead_letter ORDER BY id "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+        names = ("id", "kind", "key", "reason", "attempts", "dead_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def requeue(self, ids: Sequence[int]) -> int:
+        """Put dead-letter items back into the outbox (after the cause was fixed)."""
+        now = time.time()
+        with self._lock, self._conn:
+            moved = 0
+            for i in ids:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO outbox (kind, key, user_id, session_id, payload, "
+                    "due, created) SELECT kind, key, user_id, session_id, payload, ?, created "
+                    "FROM dead_letter WHERE id = ?",
+                    (now, i),
+                )
+                moved += int(cur.rowcount)
+                self._conn.execute("DELETE FROM dead_letter WHERE id = ?", (i,))
+            return moved
+
     def wake_all(self) -> None:
         """Make every pending item due now (after a dependency is known to be back)."""
         with self._lock, self._conn:
@@ -591,10 +754,18 @@ class Outbox:
         return counts
 
     def forget_user(self, user_id: str) -> int:
-        """Delete the user's pending items; returns how many."""
+        """Delete the user's pending and dead-letter items; returns how many."""
         with self._lock, self._conn:
-            cur = self._conn.execute("DELETE FROM outbox WHERE user_id = ?", (user_id,))
-            return int(cur.rowcount)
+            n = 0
+            for table in ("outbox", "dead_letter"):
+                cur = self._conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+                n += int(cur.rowcount)
+            return n
+
+    def compact(self) -> None:
+        """Rewrite the file without free pages and empty its write-ahead log."""
+        with self._lock:
+            scrub_sqlite(self._conn)
 
     def close(self) -> None:
         """Close the file."""

@@ -23,8 +23,8 @@ import pytest
 
 from features.store import online_features, open_store, read_events
 from ml_pipeline.settings import Settings
+from serving.pseudonym import load_pseudonymizer
 from serving.session.export import export_feedback
-from serving.session.observability import hash_id
 from serving.session.store import SqliteEventStore
 from serving.session.testing import ServiceProcess, clone_workdir, free_port
 
@@ -164,7 +164,10 @@ def test_feedback_reaches_the_next_recommendation_then_forget(
     assert online_features(open_store(settings), user, product)["hist_n"] is None
     assert user not in set(pd.read_parquet(settings.offline_dir / "events.parquet")["user_id"])
     assert user not in set(read_events(settings)["user_id"])
+    pseudonyms = load_pseudonymizer(settings).all_of(user)
     assert all(
-        str(hash_id(user)) not in p.read_text() for p in settings.inference_log_dir.glob("*.jsonl")
+        h not in p.read_text()
+        for p in settings.inference_log_dir.glob("*.jsonl")
+        for h in pseudonyms
     )
     assert http.get(f"{API}/sessions/{session['session_id']}").status_code == 404

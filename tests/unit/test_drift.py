@@ -29,7 +29,9 @@ from evaluation.drift_history import (
     outcome_mix_over_time,
     read_history,
 )
-from serving.predictor import hash_user
+from serving.pseudonym import Pseudonymizer
+
+hash_user = Pseudonymizer({"k1": b"x" * 32})
 
 
 def _window(
@@ -165,12 +167,12 @@ def test_join_feedback_by_request_id_and_by_time() -> None:
             ),
         }
     )
-    by_time = join_feedback(logged, events)
+    by_time = join_feedback(logged, events, hash_user)
     # u1 joins the latest earlier inference (b); u2's came 19 days before (too old); u3 none
     assert by_time["request_id"].tolist() == ["b"]
     assert by_time["user_chest_cm"].tolist() == [91.0]
     events["request_id"] = ["a", "c", None]
-    by_id = join_feedback(logged, events)
+    by_id = join_feedback(logged, events, hash_user)
     assert sorted(by_id["request_id"]) == ["a", "c"]
 
 

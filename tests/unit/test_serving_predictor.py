@@ -12,7 +12,10 @@ import pytest
 
 from ml_pipeline.settings import load_settings
 from serving.inference_log import InferenceLog, loggable
-from serving.predictor import CHALLENGER, CHAMPION, Predictor, hash_user
+from serving.predictor import CHALLENGER, CHAMPION, Predictor
+from serving.pseudonym import Pseudonymizer
+
+hash_user = Pseudonymizer({"k1": b"x" * 32})
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -50,7 +53,7 @@ def test_without_a_challenger_the_champion_answers(tmp_path: Path) -> None:
 def test_hash_user_hides_the_id() -> None:
     assert hash_user(None) is None and hash_user("") is None
     h = hash_user("u000123")
-    assert h is not None and len(h) == 16 and "u000123" not in h
+    assert h is not None and h.startswith("k1.") and len(h) == 35 and "u000123" not in h
 
 
 def test_log_writes_joinable_records_without_identifiers(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from serving.session.client import (
 )
 from serving.session.config import ClientSettings, hash_key, load_key_hashes
 from serving.session.delivery import Deliverer
-from serving.session.observability import REQUEST_ID, Metrics, hash_id
+from serving.session.observability import REQUEST_ID, Metrics
 from serving.session.openapi import OPENAPI_FILE, render
 from serving.session.security import KeyRing, LocalRateLimiter
 from serving.session.store import (
@@ -208,10 +208,15 @@ def test_chart_rule_is_chart_pick(girth: float | None) -> None:
     assert answer.size_index == CHART.index_of(answer.size)
 
 
-def test_log_hash_matches_the_prediction_services() -> None:
-    from serving.predictor import hash_user
+def test_log_pseudonym_matches_the_prediction_services(tmp_path: Path) -> None:
+    from ml_pipeline.settings import load_settings
+    from serving.predictor import Predictor
+    from serving.pseudonym import load_pseudonymizer
 
-    assert hash_id("U123") == hash_user("U123") and hash_id(None) is None
+    settings = load_settings("local", tmp_path)
+    session_side = load_pseudonymizer(settings)
+    assert Predictor(settings)._pseudonym("U123") == session_side("U123")
+    assert session_side(None) is None
 
 
 # -- stores and delivery ----------------------------------------------------------------
@@ -335,7 +340,10 @@ def test_session_feedback_and_read_back(up: TestClient) -> None:
     assert first.status_code == 202 and first.json()["status"] == "accepted"
     again = up.post(f"/api/v1/tryon/sessions/{sid}/feedback", json=feedback)
     assert again.status_code == 202 and again.json()["status"] == "duplicate"
-    bad = up.post(f"/api/v1/tryon/sessions/{sid}/feedback", json={"size": "XXL", "outcome": "fit"})
+    bad = up.post(
+        f"/api/v1/tryon/sessions/{sid}/feedback",
+        json={"event_id": "ev-2", "size": "XXL", "outcome": "fit"},
+    )
     assert bad.status_code == 422 and "XXL" in bad.json()["detail"]
     read = up.get(f"/api/v1/tryon/sessions/{sid}")
     assert read.status_code == 200
@@ -389,13 +397,18 @@ def test_logs_carry_no_raw_ids_measurements_or_notes(
     sid = started.json()["session_id"]
     up.post(
         f"/api/v1/tryon/sessions/{sid}/feedback",
-        json={"size": "M", "outcome": "fit", "notes": {"waist": "my private note"}},
+        json={
+            "event_id": "ev-log",
+            "size": "M",
+            "outcome": "fit",
+            "notes": {"waist": "my private note"},
+        },
     )
     lines = [JsonFormatter().format(r) for r in caplog.records]
     text = "\n".join(lines)
     assert "shopper-secret-77" not in text and "97.25" not in text
     assert "my private note" not in text
-    assert str(hash_id("shopper-secret-77")) in text
+    assert str(up.app.state.services.pseudonyms("shopper-secret-77")) in text
     assert all(json.loads(line)["request_id"] for line in lines)
 
 
@@ -419,7 +432,8 @@ def test_a_refused_event_does_not_hold_back_the_others(tmp_path: Path) -> None:
     outbox.put([("event", i, "U1", "S1", event(i).to_json()) for i in ("a", "bad", "b")])
     deliverer.deliver_once()
     assert sorted(pushed) == ["a", "b"] and store.count_events() == 3
-    assert outbox.pending()["push"] == 1  # the refused one waits, with its error
+    assert outbox.pending()["push"] == 0  # the refused one is set aside, with its error
+    assert outbox.dead_letters()["push"] == 1 and outbox.dead()[0]["key"] == "bad"
 
 
 def test_store_breaker_sends_writes_to_the_outbox(tmp_path: Path) -> None:
@@ -453,7 +467,8 @@ def test_store_breaker_sends_writes_to_the_outbox(tmp_path: Path) -> None:
         assert Down.calls == 3  # the breaker opened after three failures
         assert services.outbox.pending()["session"] == 6
         fb = client.post(
-            f"/api/v1/tryon/sessions/{ids[0]}/feedback", json={"size": "M", "outcome": "fit"}
+            f"/api/v1/tryon/sessions/{ids[0]}/feedback",
+            json={"event_id": "ev-b", "size": "M", "outcome": "fit"},
         )
         assert fb.status_code == 202  # the session is found in the outbox
         read = client.get(f"/api/v1/tryon/sessions/{ids[0]}")
