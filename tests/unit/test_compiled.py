@@ -8,12 +8,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require
 
 from features.definitions import FIT_MODEL_FEATURES
 from training.compiled import CompiledBooster, compiled_cache_path, compiled_enabled, predict_cost
 from training.models import FitModel, SizeModel
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler (gcc)")
+
+@pytest.fixture
+def c_compiler() -> None:
+    """tl2cgen builds with the system's C compiler (skips without one; fails so in CI)."""
+    require(shutil.which("gcc") is not None, "no C compiler (gcc) for tl2cgen")
 
 
 def training_rows(seed: int, n: int) -> pd.DataFrame:
@@ -30,6 +35,7 @@ def training_rows(seed: int, n: int) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.usefixtures("c_compiler")
 def test_compiled_models_equal_lightgbm_within_1e6(tmp_path: Path) -> None:
     rows = training_rows(0, n=800)
     rows.loc[rows.index % 7 == 0, "user_sex"] = None  # missing categories route like LightGBM
@@ -51,6 +57,7 @@ def test_compiled_models_equal_lightgbm_within_1e6(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.predict_proba(test), expected_p, rtol=0, atol=1e-6)
 
 
+@pytest.mark.usefixtures("c_compiler")
 def test_predict_cost_measures_both_ways(tmp_path: Path) -> None:
     rows = training_rows(2, n=400)
     fit = FitModel.load(FitModel(num_boost_round=10).fit(rows).save(tmp_path / "fit"))
@@ -70,3 +77,25 @@ def test_compiled_serving_is_opt_in() -> None:
     assert not compiled_enabled({})
     assert compiled_enabled({"FITML_COMPILED": "1"})
     assert not compiled_enabled({"FITML_COMPILED": "0"})
+
+
+def test_the_registry_records_each_versions_predict_cost(tmp_path: Path) -> None:
+    import mlflow
+
+    from training import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("cost", artifact_location=(tmp_path / "a").as_uri())
+    rows = training_rows(3, n=300)
+    model = FitModel(num_boost_round=12).fit(rows)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            logged = registry.log_and_register(model, "cost-fit", rows)
+        tags = mlflow.MlflowClient().get_model_version("cost-fit", logged.version).tags
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert tags["predict_rows"] == "17" and tags["predict_trees"] == "36"
+    assert float(tags["predict_lightgbm_us"]) > 0
