@@ -99,3 +99,12 @@ def test_the_registry_records_each_versions_predict_cost(tmp_path: Path) -> None
         mlflow.set_registry_uri(None)
     assert tags["predict_rows"] == "17" and tags["predict_trees"] == "36"
     assert float(tags["predict_lightgbm_us"]) > 0
+
+
+def test_a_tree_budget_caps_the_rounds_tuning_may_use() -> None:
+    from training.train import round_budget
+
+    assert round_budget(1000, None, 3) == 1000
+    assert round_budget(1000, 1500, 3) == 500  # the fit model grows three trees per round
+    assert round_budget(1000, 1500, 1) == 1000
+    assert round_budget(1000, 2, 3) == 1
