@@ -136,6 +136,10 @@ class _BoosterModel:
 
     kind: ClassVar[str]
     features: ClassVar[tuple[str, ...]]
+    source_: Path
+    """The ``booster.txt`` the model was loaded from (unset for a model fitted here)."""
+    compiled_: Any
+    """The compiled booster, once :meth:`compile` ran (a ``training.compiled.CompiledBooster``)."""
 
     def __init__(
         self,
