@@ -57,6 +57,10 @@ class TrainingSettings(_Strict):
 
     num_threads: int = Field(default=1, ge=1)
     max_rounds: int = Field(default=1000, ge=1)
+    max_trees: int | None = Field(default=None, ge=1)
+    """Serving budget: the most trees a tuned model may have (rounds x trees per round; the
+    fit model grows 3 per round). Tuning then searches within it, so the predict cost of the
+    next champion is bounded. None: only ``max_rounds`` bounds it."""
 
 
 class FeastSettings(_Strict):

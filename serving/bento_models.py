@@ -90,7 +90,16 @@ def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
             metadata={"registered_name": registered, "alias": alias, "version": version},
         ) as model:
             shutil.copytree(source, model.path_of("model"), dirs_exist_ok=True)
+            _precompile(Path(model.path_of("model")))
     return tag
+
+
+def _precompile(directory: Path) -> None:
+    """Compile the imported booster for this CPU now, so no worker pays for it at start."""
+    from training.compiled import CompiledBooster, compiled_enabled
+
+    if compiled_enabled() and (directory / "booster.txt").is_file():
+        CompiledBooster(directory / "booster.txt")
 
 
 @attrs.frozen
@@ -137,12 +146,18 @@ class RegistryModel(BentoModel):
 def load_stored(model: Any) -> Any:
     """Load the fitml model (encoder + booster) of a stored BentoML model.
 
+    The booster is compiled to native code (:mod:`training.compiled`) unless
+    ``FITML_COMPILED=0``; the code was compiled and cached when the version was imported.
+
     Returns:
         A ``training.models.FitModel`` or ``SizeModel``, and its registered version.
     """
+    from training.compiled import compiled_enabled
     from training.models import FitModel, SizeModel
 
     directory = Path(model.path_of("model"))
     kind = (directory / "model.json").read_text()
     loaded = FitModel.load(directory) if '"kind": "fit"' in kind else SizeModel.load(directory)
+    if compiled_enabled():
+        loaded.compile()  # the object code cached at import (or now, once per CPU type)
     return loaded, str(model.info.labels.get("version", model.tag.version))

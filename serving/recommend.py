@@ -213,15 +213,16 @@ def recommend_rows(
     if row.size == 0:
         return [None] * n
     proba = fit_model.predict_proba(candidates)
-    # The size model's inputs do not depend on the candidate size: each row's first
-    # candidate carries exactly the values of the row itself (size_index unset).
+    # The size model's inputs do not depend on the candidate size (SIZE_MODEL_FEATURES
+    # leaves out PER_SIZE_FEATURES): each row's first candidate already carries them, with
+    # the request-time features computed once above.
     starts = np.searchsorted(row, np.arange(n), side="left")
     ends = np.searchsorted(row, np.arange(n), side="right")
     has = ends > starts
     first = {name: values[starts[has]] for name, values in candidates.items()}
     first["size_index"] = np.full(int(has.sum()), np.nan)
     expected = np.full(n, np.nan)
-    expected[has] = size_model.predict(request_features(first))
+    expected[has] = size_model.predict(first)
     sizes = candidates["size"]
     size_index = candidates["size_index"].astype(int)
     dimension = rows["chart_dimension"]

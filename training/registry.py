@@ -21,10 +21,13 @@ from mlflow.pyfunc import PythonModel
 from ml_pipeline.settings import Settings
 
 if TYPE_CHECKING:
+    from training.compiled import PredictCost
     from training.models import FitModel, SizeModel
 
 CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
+REQUEST_ROWS: Final = 17
+"""Rows one ``/recommend`` scores at most: a product's longest size chart (numeric 00..24)."""
 _PIP_REQUIREMENTS: Final = ["lightgbm==4.7.0", "pandas>=2.3,<2.4", "numpy>=2"]
 
 
@@ -91,6 +94,7 @@ def log_and_register(
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
+    cost = _predict_cost(model, example)
     example = example[list(model.features)].head(5).reset_index(drop=True)
     wrapper = FitmlPyfunc()
     wrapper.model = model
@@ -107,8 +111,31 @@ def log_and_register(
             registered_model_name=registered_name,
         )
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, version)
+    client = mlflow.MlflowClient()
+    for key, value in cost.as_tags().items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    client.set_registered_model_alias(registered_name, alias, version)
     return LoggedModel(registered_name, version, info.model_uri, run.info.run_id)
+
+
+def _predict_cost(model: FitModel | SizeModel, rows: pd.DataFrame) -> PredictCost:
+    """What one request costs this model: :data:`REQUEST_ROWS` rows scored in one call.
+
+    Recorded as tags of the registered version (``predict_lightgbm_us``, ``predict_trees``;
+    ``predict_compiled_us`` too when ``FITML_COMPILED=1``, as compiling takes minutes on a
+    large model), so a slower champion shows in the registry before it is served.
+    """
+    from training.compiled import compiled_enabled, predict_cost
+
+    sample = rows.head(REQUEST_ROWS)
+    sample = pd.concat([sample] * -(-REQUEST_ROWS // max(1, len(sample))), ignore_index=True)
+    matrix = model.encoder_.matrix(sample.head(REQUEST_ROWS))
+    compiled = None
+    if compiled_enabled():
+        with tempfile.TemporaryDirectory() as tmp:
+            compiled = type(model).load(model.save(Path(tmp) / "model")).compile().compiled_
+            return predict_cost(model.booster_, matrix, compiled)
+    return predict_cost(model.booster_, matrix, compiled)
 
 
 def load_model(name: str, alias: str = CHAMPION) -> tuple[FitModel | SizeModel, str]:

@@ -104,7 +104,11 @@ def _tune(
             categorical=[c for c in CATEGORICAL_FEATURES if c in model.features],
             base_params={
                 "num_threads": settings.training.num_threads,
-                "num_boost_round": settings.training.max_rounds,
+                "num_boost_round": round_budget(
+                    settings.training.max_rounds,
+                    settings.training.max_trees,
+                    int(objective.get("num_class", 1)),
+                ),
             },
             **objective,
         )
@@ -114,6 +118,13 @@ def _tune(
         sample_weight_power=result.class_weight_power,
     )
     return tuned, result
+
+
+def round_budget(max_rounds: int, max_trees: int | None, trees_per_round: int) -> int:
+    """The most boosting rounds tuning may use: ``max_rounds``, lowered to fit ``max_trees``."""
+    if max_trees is None:
+        return max_rounds
+    return max(1, min(max_rounds, max_trees // max(1, trees_per_round)))
 
 
 def train(

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Final, TypeVar, get_args
 
 import anyio
+import orjson
 from fastapi import FastAPI, Header, HTTPException, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,6 +30,7 @@ from serving.limits import Limits, RequestGuard
 from serving.pseudonym import Pseudonymizer
 from serving.schemas import Measurements, RecommendResponse
 from serving.session.auth import JwtVerifier, Principal, SessionAuth
+from serving.session.batching import GroupCommit
 from serving.session.charts import Chart, ChartBook, chart_rule
 from serving.session.client import (
     CircuitBreaker,
@@ -61,6 +64,7 @@ from serving.session.store import (
     Outbox,
     SessionRecord,
     StoreUnavailable,
+    save_sessions,
 )
 
 log = logging.getLogger("fitml.session")
@@ -99,6 +103,8 @@ class Services:
     """OAuth2 bearer tokens accepted beside API keys (None: API keys only)."""
     limits: Limits = field(default_factory=Limits)
     """Request header / body caps and timeouts."""
+    session_writes: GroupCommit[SessionRecord] | None = None
+    """New sessions, written to the store in batches (built on first use)."""
 
 
 def _services(request: Request) -> Services:
@@ -335,11 +341,11 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         responses={**ERRORS, 404: {"model": ErrorBody, "description": "Unknown product"}},
         summary="Start a try-on session and get a size recommendation",
     )
-    async def start_session(
-        body: StartSession, request: Request, response: Response, _: CanStart
-    ) -> Session:
+    async def start_session(body: StartSession, request: Request, _: CanStart) -> Response:
         s = _services(request)
-        chart = await anyio.to_thread.run_sync(s.charts.get, body.product_id)
+        chart = s.charts.loaded(body.product_id)  # in memory: no thread hand-off
+        if chart is None:
+            chart = await anyio.to_thread.run_sync(s.charts.get, body.product_id)
         if chart is None:
             raise HTTPException(
                 404, f"product_id {body.product_id!r} has no size chart; check the product id"
@@ -355,15 +361,16 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             session = await _degraded(s, session_id, body, chart, exc)
         else:
             session = _from_model(session_id, body, chart, answer)
+        document = session.model_dump(mode="json")  # once: stored and sent
         record = SessionRecord(
             session_id=session_id,
             created_at=session.created_at,
             user_id=body.user_id,
             product_id=body.product_id,
-            body=session.model_dump(mode="json", exclude={"feedback"}),
+            body={k: v for k, v in document.items() if k != "feedback"},
         )
         try:
-            await _store(s, s.store.save_session, record)
+            await _save_session(s, record)
         except StoreUnavailable:
             await anyio.to_thread.run_sync(
                 s.outbox.put,
@@ -382,8 +389,12 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
                 "degraded": session.degraded,
             },
         )
-        response.headers["Location"] = f"{API_PREFIX}/sessions/{session_id}"
-        return session
+        return Response(
+            orjson.dumps(document),
+            status_code=201,
+            media_type="application/json",
+            headers={"Location": f"{API_PREFIX}/sessions/{session_id}"},
+        )
 
     @app.get(
         f"{API_PREFIX}/sessions/{{session_id}}",
@@ -538,6 +549,24 @@ async def _store(s: Services, call: Callable[..., T], *args: Any) -> T:
         raise
     s.store_breaker.success()
     return result
+
+
+async def _save_session(s: Services, record: SessionRecord) -> None:
+    """Store a new session durably, batched with the sessions started meanwhile.
+
+    Raises:
+        StoreUnavailable: the store failed, or failed recently (the breaker is open).
+    """
+    if not s.store_breaker.allow():
+        raise StoreUnavailable("event store failing: circuit open, not called")
+    if s.session_writes is None:
+        s.session_writes = GroupCommit(partial(save_sessions, s.store))
+    try:
+        await s.session_writes.submit(record)
+    except StoreUnavailable:
+        s.store_breaker.failure()
+        raise
+    s.store_breaker.success()
 
 
 async def _find_session(s: Services, session_id: str) -> SessionRecord:

@@ -184,6 +184,10 @@ class ChartBook:
     def __len__(self) -> int:
         return len(self._charts)
 
+    def loaded(self, product_id: str) -> Chart | None:
+        """The product's chart if it is already in memory (no I/O: safe on the event loop)."""
+        return self._charts.get(product_id)
+
     def get(self, product_id: str) -> Chart | None:
         """The product's chart (offline table, else the online store), or None if unknown."""
         chart = self._charts.get(product_id)

@@ -226,6 +226,26 @@ class _SqlEventStore:
                 ),
             )
 
+    def save_sessions(self, records: Sequence[SessionRecord]) -> None:
+        """Store sessions in one transaction (each once), as :meth:`save_session` does."""
+        with self._cursor() as cur:
+            cur.executemany(
+                self._sql(
+                    f"INSERT INTO {self.sessions} (session_id, created_at, user_id, product_id, "
+                    "body) VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id) DO NOTHING"
+                ),
+                [
+                    (
+                        r.session_id,
+                        self._ts_in(r.created_at),
+                        r.user_id,
+                        r.product_id,
+                        json.dumps(r.body),
+                    )
+                    for r in records
+                ],
+            )
+
     def get_session(self, session_id: str) -> SessionRecord | None:
         """The stored session, or None."""
         with self._cursor() as cur:
@@ -519,6 +539,16 @@ class PostgresEventStore(_SqlEventStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def save_sessions(store: EventStore, records: Sequence[SessionRecord]) -> None:
+    """Store sessions in one transaction where the store can, else one by one."""
+    batch = getattr(store, "save_sessions", None)
+    if batch is not None:
+        batch(records)
+        return
+    for record in records:
+        store.save_session(record)
 
 
 def open_event_store(spec: str, state_dir: Path, prefix: str = DEFAULT_PREFIX) -> EventStore:

@@ -205,3 +205,17 @@ def test_one_encoder_contract_is_kept() -> None:
     m = encoder.matrix({"a": np.array(["2.5", None], dtype=object), "c": np.array(["x", None])})
     assert m[0].tolist() == [2.5, 0.0]
     assert np.isnan(m[1]).all()
+
+
+def test_size_model_inputs_do_not_depend_on_the_candidate_size(seed: int) -> None:
+    """recommend_rows feeds the size model the first candidate's features as they are."""
+    from features.definitions import SIZE_MODEL_FEATURES
+    from serving.recommend import candidate_columns
+
+    rows = candidate_columns(as_dict(random_rows(np.random.default_rng(seed), 20)))
+    at_size = request_features(rows)
+    unset = request_features({**rows, "size_index": np.full(len(rows["size_index"]), np.nan)})
+    for name in SIZE_MODEL_FEATURES:
+        if name in at_size:
+            a, b = pd.Series(at_size[name]), pd.Series(unset[name])
+            assert a.equals(b), name

@@ -444,6 +444,10 @@ def test_store_breaker_sends_writes_to_the_outbox(tmp_path: Path) -> None:
             Down.calls += 1
             raise StoreUnavailable("down")
 
+        def save_sessions(self, records: Any) -> None:  # the batched write of new sessions
+            Down.calls += 1
+            raise StoreUnavailable("down")
+
         def get_session(self, session_id: str) -> Any:
             Down.calls += 1
             raise StoreUnavailable("down")
