@@ -19,6 +19,9 @@ from features.definitions import CREATED_TIMESTAMP
 from features.transforms import CATALOGUE_SYSTEMS, chart_features, implied_index
 
 STAMP_DELAY: Final = pd.Timedelta(microseconds=1)
+BODY_SLOPE_PRIOR: Final = 200.0
+"""Ridge on the slope of a product's body-size line (kg squared: about two shoppers 10 kg
+from the mean weight at slope 0)."""
 LATENT_PRIOR: Final = 1.0
 """Pseudo-events at offset 0 in the latent-size offsets (``hist_item_offset``,
 ``pstat_user_offset``): one piece of feedback moves them half-way, many nearly all the way."""
@@ -140,6 +143,9 @@ def event_offsets(
             "size_index": joined["size_index"].to_numpy(dtype=float),
             "implied_index": implied,
             "implied_offset": implied - chart["chart_pick"].to_numpy(),
+            "weight_kg": pd.to_numeric(joined["user_weight_kg"], errors="coerce").to_numpy(
+                dtype=float
+            ),
         }
     )
     # Latent sizes, decomposed: where the outcome says the right size was, against the
@@ -192,6 +198,13 @@ def _cumulative(offsets: pd.DataFrame, key: str, systems: tuple[str, ...]) -> pd
     )
     sums = ["n", "small", "large", "off_sum", "off_n", "size_sum", "size_n", "implied_sum"]
     sums += ["item_off_sum", "item_off_n", "user_off_sum", "user_off_n"]
+    # The body-size model of each product: where its feedback put the right size against the
+    # shopper's weight (a least-squares line from these running sums).
+    body = offsets["weight_kg"].notna() & offsets["implied_index"].notna()
+    w = offsets["weight_kg"].where(body, 0.0)
+    y = offsets["implied_index"].where(body, 0.0)
+    frame = frame.assign(bw_n=body.astype(float), bw_x=w, bw_y=y, bw_xx=w * w, bw_xy=w * y)
+    sums += ["bw_n", "bw_x", "bw_y", "bw_xx", "bw_xy"]
     for system in systems:
         mask = (frame["size_system"] == system).to_numpy()
         frame[f"idx_sum_{system}"] = np.where(mask, frame["implied_index"], 0.0)
@@ -246,8 +259,27 @@ def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
                 "pstat_size_mean": cum["size_sum"] / cum["size_n"].replace(0, np.nan),
                 "pstat_implied_mean": cum["implied_sum"] / cum["size_n"].replace(0, np.nan),
                 "pstat_user_offset": cum["user_off_sum"] / (cum["user_off_n"] + LATENT_PRIOR),
+                **_body_line(cum),
             }
         )
+
+
+def _body_line(cum: pd.DataFrame) -> dict[str, pd.Series]:
+    """A product's right size against the shopper's weight: mean weight, mean size, slope.
+
+    The slope is shrunk towards 0 by :data:`BODY_SLOPE_PRIOR` (kg squared), so a product
+    with little feedback predicts its mean right size for every weight.
+    """
+    n = cum["bw_n"].replace(0, np.nan)
+    x_mean = cum["bw_x"] / n
+    y_mean = cum["bw_y"] / n
+    sxx = cum["bw_xx"] - cum["bw_x"] * x_mean
+    sxy = cum["bw_xy"] - cum["bw_x"] * y_mean
+    return {
+        "pstat_body_weight": x_mean,
+        "pstat_body_size": y_mean,
+        "pstat_body_slope": sxy / (sxx.clip(lower=0.0) + BODY_SLOPE_PRIOR),
+    }
 
 
 def build_feature_tables(

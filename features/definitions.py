@@ -70,6 +70,9 @@ PRODUCT_STATS_FIELDS: Final = (
     ("pstat_size_mean", Float64),
     ("pstat_implied_mean", Float64),
     ("pstat_user_offset", Float64),
+    ("pstat_body_weight", Float64),
+    ("pstat_body_size", Float64),
+    ("pstat_body_slope", Float64),
 )
 
 VIEW_FIELDS: Final = {

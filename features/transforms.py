@@ -54,6 +54,8 @@ REQUEST_FEATURES: Final[tuple[str, ...]] = (
     "size_rel_expected",
     "size_rel_item",
     "size_rel_item_implied",
+    "body_item_index",
+    "size_rel_body_item",
     "latent_index",
     "size_rel_latent",
     "size_rel_usual_item",
@@ -77,6 +79,7 @@ PER_SIZE_FEATURES: Final[tuple[str, ...]] = (
     "size_rel_expected",
     "size_rel_item",
     "size_rel_item_implied",
+    "size_rel_body_item",
     "size_rel_latent",
     "size_rel_usual_item",
 )
@@ -260,8 +263,19 @@ def request_features(frame: Table) -> Table:
     out["size_rel_item"] = size_index - item_size
     out["size_rel_item_implied"] = size_index - _optional(out, "pstat_implied_mean")
     item_user_offset = _optional(out, "pstat_user_offset")
+    # The product's body-size line at the shopper's weight (the cold-start estimate).
+    weight = _optional(out, "user_weight_kg")
+    body_item = _optional(out, "pstat_body_size") + _optional(out, "pstat_body_slope") * (
+        weight - _optional(out, "pstat_body_weight")
+    )
+    out["body_item_index"] = body_item
+    out["size_rel_body_item"] = size_index - body_item
     latent = latent_index(
-        item_size, _optional(out, "hist_item_offset"), usual, item_user_offset, expected
+        item_size,
+        _optional(out, "hist_item_offset"),
+        usual,
+        item_user_offset,
+        np.where(np.isnan(body_item), expected, body_item),
     )
     out["latent_index"] = latent
     out["size_rel_latent"] = size_index - latent
@@ -282,8 +296,9 @@ def latent_index(
     sizes the shopper's feedback puts their right size (``hist_item_offset``); else the
     shopper's usual size plus how far from their shoppers' usual sizes the product's
     feedback puts its right size (``pstat_user_offset``: a product that runs small has a
-    positive offset); else the chart's pick for the body (``expected_index``). NaN when
-    none is known (a new shopper without measurements on a product without a chart).
+    positive offset); else ``expected``: the body-size estimate (the product's body-size
+    line at the shopper's weight, else the chart's pick for the body). NaN when none is
+    known (a new shopper without measurements on a product without feedback or chart).
     """
     from_item = item_size + user_item_offset
     from_user = usual + np.nan_to_num(item_user_offset)

@@ -82,6 +82,9 @@ def random_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
                 "pstat_size_mean": maybe(float(rng.uniform(1, 6)), 0.3),
                 "pstat_implied_mean": maybe(float(rng.uniform(1, 6)), 0.3),
                 "pstat_user_offset": maybe(float(rng.normal()), 0.3),
+                "pstat_body_weight": maybe(float(rng.uniform(50, 90)), 0.3),
+                "pstat_body_size": maybe(float(rng.uniform(1, 6)), 0.3),
+                "pstat_body_slope": maybe(float(rng.normal(0, 0.05)), 0.3),
             }
         )
     return pd.DataFrame(rows)
