@@ -58,9 +58,11 @@ bench: setup ## Benchmarks (needs `make demo` first); JSON results under $(WORKD
 drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds (~20 min)
 	$(PY) -m evaluation.calibrate_drift --out $(WORKDIR)/bench/drift_calibration.json
 
-benchmark-rtr: setup ## The public RentTheRunway benchmark on the development copy
+benchmark-rtr: setup ## The public RentTheRunway benchmark (paper and time split) through the product path
 	$(VENV)/bin/fitml benchmark renttherunway --train ../shared/data/renttherunway/rtr_dev.jsonl.gz \
-		--json $(WORKDIR)/bench/renttherunway.json
+		--json $(WORKDIR)/bench/renttherunway.json --workdir $(WORKDIR)
+	$(VENV)/bin/fitml benchmark renttherunway --train ../shared/data/renttherunway/rtr_dev.jsonl.gz \
+		--protocol time --json $(WORKDIR)/bench/renttherunway_time.json --workdir $(WORKDIR)
 
 audit: setup ## Static analysis (bandit, against the triaged baseline) and dependency audit of both locks
 	$(VENV)/bin/bandit -q -r ml_pipeline features training serving evaluation \

@@ -19,6 +19,12 @@ from features.definitions import CREATED_TIMESTAMP
 from features.transforms import CATALOGUE_SYSTEMS, chart_features, implied_index
 
 STAMP_DELAY: Final = pd.Timedelta(microseconds=1)
+BODY_SLOPE_PRIOR: Final = 200.0
+"""Ridge on the slope of a product's body-size line (kg squared: about two shoppers 10 kg
+from the mean weight at slope 0)."""
+LATENT_PRIOR: Final = 1.0
+"""Pseudo-events at offset 0 in the latent-size offsets (``hist_item_offset``,
+``pstat_user_offset``): one piece of feedback moves them half-way, many nearly all the way."""
 FEATURE_TABLES: Final[tuple[str, ...]] = (
     "user_profile",
     "user_history",
@@ -126,7 +132,7 @@ def event_offsets(
     )
     chart = chart_features(joined.reset_index(drop=True))
     implied = implied_index(joined["size_index"].to_numpy(), joined["outcome"])
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "event_id": joined["event_id"].to_numpy(),
             "user_id": joined["user_id"].to_numpy(),
@@ -134,10 +140,45 @@ def event_offsets(
             "event_timestamp": joined["event_timestamp"].to_numpy(),
             "outcome": joined["outcome"].to_numpy(),
             "size_system": joined["product_size_system"].to_numpy(),
+            "size_index": joined["size_index"].to_numpy(dtype=float),
             "implied_index": implied,
             "implied_offset": implied - chart["chart_pick"].to_numpy(),
+            "weight_kg": pd.to_numeric(joined["user_weight_kg"], errors="coerce").to_numpy(
+                dtype=float
+            ),
         }
     )
+    # Latent sizes, decomposed: where the outcome says the right size was, against the
+    # product's typical size (the mean size tried on it *before* this event: no label) and
+    # against the shopper's usual size in that size system (the mean right size of their
+    # *earlier* feedback). Both contexts use strictly earlier events only.
+    out["item_off"] = out["implied_index"] - _mean_before(out, ["product_id"], "size_index")
+    out["user_off"] = out["implied_index"] - _mean_before(
+        out, ["user_id", "size_system"], "implied_index"
+    )
+    return out
+
+
+def _mean_before(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarray:
+    """Per row, the mean of ``column`` over its group's rows at strictly earlier instants.
+
+    Rows at the same instant do not see each other; a row with no earlier row gets NaN.
+    """
+    groups = [*keys, "event_timestamp"]
+    values = frame[column].astype(float)
+    per_instant = (
+        frame[groups]
+        .assign(s=values.fillna(0.0), n=values.notna().astype(float))
+        .groupby(groups, sort=True, dropna=False)[["s", "n"]]
+        .sum()
+    )
+    level = list(range(len(keys)))
+    before = per_instant.groupby(level=level, dropna=False).cumsum()
+    before = before.groupby(level=level, dropna=False).shift(1).fillna(0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = before["s"] / before["n"].replace(0.0, np.nan)
+    index = pd.MultiIndex.from_frame(frame[groups])
+    return mean.reindex(index).to_numpy(dtype=float)
 
 
 def _cumulative(offsets: pd.DataFrame, key: str, systems: tuple[str, ...]) -> pd.DataFrame:
@@ -147,8 +188,23 @@ def _cumulative(offsets: pd.DataFrame, key: str, systems: tuple[str, ...]) -> pd
         large=(offsets["outcome"] == "too_large").astype(float),
         off_sum=offsets["implied_offset"].fillna(0.0),
         off_n=offsets["implied_offset"].notna().astype(float),
+        size_sum=offsets["size_index"].fillna(0.0),
+        size_n=offsets["size_index"].notna().astype(float),
+        implied_sum=offsets["implied_index"].fillna(0.0),
+        item_off_sum=offsets["item_off"].fillna(0.0),
+        item_off_n=offsets["item_off"].notna().astype(float),
+        user_off_sum=offsets["user_off"].fillna(0.0),
+        user_off_n=offsets["user_off"].notna().astype(float),
     )
-    sums = ["n", "small", "large", "off_sum", "off_n"]
+    sums = ["n", "small", "large", "off_sum", "off_n", "size_sum", "size_n", "implied_sum"]
+    sums += ["item_off_sum", "item_off_n", "user_off_sum", "user_off_n"]
+    # The body-size model of each product: where its feedback put the right size against the
+    # shopper's weight (a least-squares line from these running sums).
+    body = offsets["weight_kg"].notna() & offsets["implied_index"].notna()
+    w = offsets["weight_kg"].where(body, 0.0)
+    y = offsets["implied_index"].where(body, 0.0)
+    frame = frame.assign(bw_n=body.astype(float), bw_x=w, bw_y=y, bw_xx=w * w, bw_xy=w * y)
+    sums += ["bw_n", "bw_x", "bw_y", "bw_xx", "bw_xy"]
     for system in systems:
         mask = (frame["size_system"] == system).to_numpy()
         frame[f"idx_sum_{system}"] = np.where(mask, frame["implied_index"], 0.0)
@@ -176,6 +232,9 @@ def user_history_table(offsets: pd.DataFrame) -> pd.DataFrame:
                 "hist_share_large": cum["large"] / cum["n"],
                 "hist_mean_offset": cum["off_sum"] / cum["off_n"].replace(0, np.nan),
                 "hist_last_offset": cum["last_off"].astype(float),
+                # One pseudo-event at offset 0 shrinks a short history towards "wears each
+                # product's typical size".
+                "hist_item_offset": cum["item_off_sum"] / (cum["item_off_n"] + LATENT_PRIOR),
             }
         )
         for system in CATALOGUE_SYSTEMS:
@@ -197,8 +256,30 @@ def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
                 "pstat_share_small": cum["small"] / cum["n"],
                 "pstat_share_large": cum["large"] / cum["n"],
                 "pstat_mean_offset": cum["off_sum"] / cum["off_n"].replace(0, np.nan),
+                "pstat_size_mean": cum["size_sum"] / cum["size_n"].replace(0, np.nan),
+                "pstat_implied_mean": cum["implied_sum"] / cum["size_n"].replace(0, np.nan),
+                "pstat_user_offset": cum["user_off_sum"] / (cum["user_off_n"] + LATENT_PRIOR),
+                **_body_line(cum),
             }
         )
+
+
+def _body_line(cum: pd.DataFrame) -> dict[str, pd.Series]:
+    """A product's right size against the shopper's weight: mean weight, mean size, slope.
+
+    The slope is shrunk towards 0 by :data:`BODY_SLOPE_PRIOR` (kg squared), so a product
+    with little feedback predicts its mean right size for every weight.
+    """
+    n = cum["bw_n"].replace(0, np.nan)
+    x_mean = cum["bw_x"] / n
+    y_mean = cum["bw_y"] / n
+    sxx = cum["bw_xx"] - cum["bw_x"] * x_mean
+    sxy = cum["bw_xy"] - cum["bw_x"] * y_mean
+    return {
+        "pstat_body_weight": x_mean,
+        "pstat_body_size": y_mean,
+        "pstat_body_slope": sxy / (sxx.clip(lower=0.0) + BODY_SLOPE_PRIOR),
+    }
 
 
 def build_feature_tables(

@@ -46,6 +46,9 @@ USER_HISTORY_FIELDS: Final = (
     ("hist_usual_alpha", Float64),
     ("hist_usual_numeric", Float64),
     ("hist_usual_waist", Float64),
+    ("hist_usual_rtr", Float64),
+    ("hist_usual_modcloth", Float64),
+    ("hist_item_offset", Float64),
 )
 PRODUCT_ATTR_FIELDS: Final = (
     ("product_brand", String),
@@ -64,6 +67,12 @@ PRODUCT_STATS_FIELDS: Final = (
     ("pstat_share_small", Float64),
     ("pstat_share_large", Float64),
     ("pstat_mean_offset", Float64),
+    ("pstat_size_mean", Float64),
+    ("pstat_implied_mean", Float64),
+    ("pstat_user_offset", Float64),
+    ("pstat_body_weight", Float64),
+    ("pstat_body_size", Float64),
+    ("pstat_body_slope", Float64),
 )
 
 VIEW_FIELDS: Final = {

@@ -84,14 +84,13 @@ def _validate(events: pd.DataFrame, size_charts: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _touched_log(settings: Settings, incoming: pd.DataFrame) -> pd.DataFrame:
-    """The logged events of the incoming events' shoppers and products, or with their ids.
+def _read_log(
+    settings: Settings, users: list[str], products: list[str], ids: list[str]
+) -> pd.DataFrame:
+    """Logged events of these shoppers or products or with these ids, plus pushed feedback.
 
-    Reads only those rows of the ingested events (a parquet filter), plus pushed feedback.
+    Reads only those rows of the ingested events (a parquet filter).
     """
-    users = sorted(set(incoming["user_id"]))
-    products = sorted(set(incoming["product_id"]))
-    ids = sorted(set(incoming["event_id"]))
     filters = [
         [("user_id", "in", users)],
         [("product_id", "in", products)],
@@ -106,6 +105,23 @@ def _touched_log(settings: Settings, incoming: pd.DataFrame) -> pd.DataFrame:
     log = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
     log["event_timestamp"] = utc_ns(log["event_timestamp"])
     return log.drop_duplicates("event_id", keep="first").reset_index(drop=True)
+
+
+def _touched_log(settings: Settings, incoming: pd.DataFrame) -> pd.DataFrame:
+    """The logged events the touched shoppers' and products' features are computed from.
+
+    First the events of the incoming events' shoppers and products (or with their ids);
+    then, because a shopper's latent size is measured against each product's typical size
+    and a product's against each shopper's usual size, every event of the products and
+    shoppers those events name.
+    """
+    ids = sorted(set(incoming["event_id"]))
+    first = _read_log(
+        settings, sorted(set(incoming["user_id"])), sorted(set(incoming["product_id"])), ids
+    )
+    users = set(first["user_id"].astype(str)) | set(incoming["user_id"])
+    products = set(first["product_id"].astype(str)) | set(incoming["product_id"])
+    return _read_log(settings, sorted(users), sorted(products), ids)
 
 
 def push_feedback(
@@ -157,7 +173,7 @@ def push_feedback(
     users = set(new["user_id"])
     products = set(new["product_id"])
     log = pd.concat([log, new.reindex(columns=log.columns)], ignore_index=True)
-    touched = log[log["user_id"].isin(users) | log["product_id"].isin(products)]
+    touched = log  # every event the touched entities' features depend on (_touched_log)
     # Only the touched shoppers and products: the same functions, on fewer rows.
     users_table = read_offline(settings, "users")
     products_table = read_offline(settings, "products")

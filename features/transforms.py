@@ -22,7 +22,7 @@ BODY_COLUMN: Final[dict[str, str]] = {
 }
 """Which user feature holds the body girth a chart of each dimension is cut for."""
 
-CATALOGUE_SYSTEMS: Final[tuple[str, ...]] = ("alpha", "numeric", "waist")
+CATALOGUE_SYSTEMS: Final[tuple[str, ...]] = ("alpha", "numeric", "waist", "rtr", "modcloth")
 """Size systems whose usual size is kept in the shopper's history features."""
 
 OUTCOME_STEP: Final[dict[str, int]] = {"too_small": 1, "fit": 0, "too_large": -1}
@@ -52,6 +52,13 @@ REQUEST_FEATURES: Final[tuple[str, ...]] = (
     "size_rel_usual",
     "expected_index",
     "size_rel_expected",
+    "size_rel_item",
+    "size_rel_item_implied",
+    "body_item_index",
+    "size_rel_body_item",
+    "latent_index",
+    "size_rel_latent",
+    "size_rel_usual_item",
 )
 """Columns :func:`request_features` adds; the per-size ones depend on ``size_index``."""
 
@@ -70,6 +77,11 @@ PER_SIZE_FEATURES: Final[tuple[str, ...]] = (
     "ease_cm",
     "size_rel_usual",
     "size_rel_expected",
+    "size_rel_item",
+    "size_rel_item_implied",
+    "size_rel_body_item",
+    "size_rel_latent",
+    "size_rel_usual_item",
 )
 
 
@@ -244,7 +256,54 @@ def request_features(frame: Table) -> Table:
     out["size_rel_usual"] = size_index - usual
     out["expected_index"] = expected
     out["size_rel_expected"] = size_index - expected
+    # Against the product's typical size (sizes tried on it so far) and where its feedback
+    # put the right size; then the shopper's latent size on this product (see
+    # :func:`latent_index`).
+    item_size = _optional(out, "pstat_size_mean")
+    out["size_rel_item"] = size_index - item_size
+    out["size_rel_item_implied"] = size_index - _optional(out, "pstat_implied_mean")
+    item_user_offset = _optional(out, "pstat_user_offset")
+    # The product's body-size line at the shopper's weight (the cold-start estimate).
+    weight = _optional(out, "user_weight_kg")
+    body_item = _optional(out, "pstat_body_size") + _optional(out, "pstat_body_slope") * (
+        weight - _optional(out, "pstat_body_weight")
+    )
+    out["body_item_index"] = body_item
+    out["size_rel_body_item"] = size_index - body_item
+    latent = latent_index(
+        item_size,
+        _optional(out, "hist_item_offset"),
+        usual,
+        item_user_offset,
+        np.where(np.isnan(body_item), expected, body_item),
+    )
+    out["latent_index"] = latent
+    out["size_rel_latent"] = size_index - latent
+    out["size_rel_usual_item"] = size_index - usual - np.nan_to_num(item_user_offset)
     return out
+
+
+def latent_index(
+    item_size: np.ndarray,
+    user_item_offset: np.ndarray,
+    usual: np.ndarray,
+    item_user_offset: np.ndarray,
+    expected: np.ndarray,
+) -> np.ndarray:
+    """The shopper's latent size on a product, from the two sides of the decomposition.
+
+    In order of preference: the product's typical size plus how far from products' typical
+    sizes the shopper's feedback puts their right size (``hist_item_offset``); else the
+    shopper's usual size plus how far from their shoppers' usual sizes the product's
+    feedback puts its right size (``pstat_user_offset``: a product that runs small has a
+    positive offset); else ``expected``: the body-size estimate (the product's body-size
+    line at the shopper's weight, else the chart's pick for the body). NaN when none is
+    known (a new shopper without measurements on a product without feedback or chart).
+    """
+    from_item = item_size + user_item_offset
+    from_user = usual + np.nan_to_num(item_user_offset)
+    out = np.where(np.isnan(from_item), from_user, from_item)
+    return np.where(np.isnan(out), expected, out)
 
 
 def implied_index(size_index: np.ndarray, outcomes: Sequence[str] | pd.Series) -> np.ndarray:
@@ -270,6 +329,13 @@ def _values(frame: pd.DataFrame | Mapping[str, Any], column: str, dtype: Any) ->
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=dtype)
     return np.asarray(values, dtype=dtype)
+
+
+def _optional(frame: pd.DataFrame | Mapping[str, Any], column: str) -> np.ndarray:
+    """A float column, or NaN everywhere when the rows lack it (a feature not yet known)."""
+    if column in frame:
+        return _values(frame, column, float)
+    return np.full(_n_rows(frame), np.nan)
 
 
 def _n_rows(frame: pd.DataFrame | Mapping[str, Any]) -> int:

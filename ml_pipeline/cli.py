@@ -21,6 +21,9 @@ data_app = typer.Typer(help="Synthetic data.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Every stage, in order.", no_args_is_help=True)
 benchmark_app = typer.Typer(help="Public benchmarks.", no_args_is_help=True)
+experiment_app = typer.Typer(
+    help="Online experiments: champion vs challenger.", no_args_is_help=True
+)
 ingest_app = typer.Typer(
     help="Validate and load raw data into the offline store.", no_args_is_help=True
 )
@@ -29,6 +32,7 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(experiment_app, name="experiment")
 
 Workdir = Annotated[
     Path, typer.Option("--workdir", "-w", help="Where everything the run writes lives.")
@@ -208,11 +212,21 @@ def promote(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
     force: Annotated[bool, typer.Option(help="Promote without the gate.")] = False,
+    online: Annotated[
+        bool, typer.Option(help="Gate on live feedback (`fitml experiment report`).")
+    ] = False,
 ) -> None:
     """Promote the challenger to champion if it beats the champion beyond bootstrap noise."""
     from training.promote import promote as run_promote
 
-    _echo_json(run_promote(_settings(workdir, profile), force=force).__dict__)
+    settings = _settings(workdir, profile)
+    report = None
+    if online:
+        from evaluation.experiment import workdir_report
+        from features.store import feedback_dir
+
+        report = workdir_report(settings.inference_log_dir, feedback_dir(settings))
+    _echo_json(run_promote(settings, force=force, online=report).__dict__)
 
 
 @app.command()
@@ -411,17 +425,58 @@ def benchmark_rtr(
     seed: int = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget, seconds.")] = None,
+    protocol: Annotated[
+        str, typer.Option(help="random (seeded 80/10/10) or time (last 15% by time).")
+    ] = "random",
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
 ) -> None:
-    """Train the fit model on RentTheRunway and score it beside the published results."""
+    """Run the product's stages on RentTheRunway and score them beside the published results."""
     from evaluation.public_benchmark import format_table, run_renttherunway
 
-    kwargs: dict[str, Any] = {"seed": seed, "json_out": json_out}
+    kwargs: dict[str, Any] = {
+        "seed": seed,
+        "json_out": json_out,
+        "protocol": protocol,
+        "workdir": workdir,
+        "profile": profile,
+    }
     if trials is not None:
         kwargs["n_trials"] = trials
     if timeout is not None:
         kwargs["timeout_s"] = timeout
     result = run_renttherunway(train_path, test_path, **kwargs)
     typer.echo(format_table(result))
+
+
+@experiment_app.command("report")
+def experiment_report_cmd(
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+    feedback: Annotated[
+        Path | None,
+        typer.Option(help="Feedback events (parquet, folder, JSON lines); default: pushed."),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="False-alarm rate of the sequential test.")] = 0.05,
+    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+) -> None:
+    """Champion vs challenger on live feedback joined to the inference log."""
+    from dataclasses import asdict
+
+    from evaluation.experiment import format_report, online_gate, workdir_report
+    from features.store import feedback_dir
+
+    settings = _settings(workdir, profile)
+    report = workdir_report(
+        settings.inference_log_dir, feedback or feedback_dir(settings), alpha=alpha
+    )
+    promote_ok, why = online_gate(report)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        data = {**asdict(report), "gate": {"promote": promote_ok, "reason": why}}
+        json_out.write_text(json.dumps(data, indent=2, default=str))
+    typer.echo(format_report(report))
+    typer.echo(f"gate: {'promote' if promote_ok else 'keep the champion'}: {why}")
 
 
 def main() -> None:

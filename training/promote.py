@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import metrics
+from evaluation.experiment import ExperimentReport, online_gate
 from ml_pipeline.settings import Settings
 from training import registry
 from training.models import FitModel
@@ -51,8 +52,23 @@ def bootstrap_gain(
     return gains
 
 
-def promote(settings: Settings, *, min_gain: float = 0.0, force: bool = False) -> Decision:
-    """Move ``champion`` to the challenger versions if the gate says so (or ``force``)."""
+def promote(
+    settings: Settings,
+    *,
+    min_gain: float = 0.0,
+    force: bool = False,
+    online: ExperimentReport | None = None,
+) -> Decision:
+    """Move ``champion`` to the challenger versions if the gate says so (or ``force``).
+
+    Args:
+        settings: the run's settings.
+        min_gain: the offline gate's margin on the test window's mean AUC.
+        force: promote without a gate.
+        online: a live experiment's report (:func:`evaluation.experiment.workdir_report`):
+            when given, the online gate (:func:`evaluation.experiment.online_gate`) decides
+            instead of the test window.
+    """
     registry.configure(settings)
     names = {
         "fit_model": settings.mlflow.fit_model_name,
@@ -68,6 +84,10 @@ def promote(settings: Settings, *, min_gain: float = 0.0, force: bool = False) -
         decision = Decision(True, reason, chal, None)
     elif champion == challenger:
         decision = Decision(False, "the challenger already is the champion", chal, None)
+    elif online is not None:
+        promoted, why = online_gate(online)
+        champ = {k: str(v) for k, v in champion.items()}
+        decision = Decision(promoted, f"online: {why}", chal, champ, n_test=online.n_feedback)
     else:
         champ = {k: str(v) for k, v in champion.items()}
         run = mlflow.MlflowClient().get_model_version(names["fit_model"], chal["fit_model"]).run_id

@@ -133,6 +133,7 @@ def train(
     *,
     n_trials: int | None = None,
     timeout_s: float | None = None,
+    windows: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
 ) -> TrainResult:
     """Tune and fit both models on the work directory's training set, then register them.
 
@@ -141,11 +142,13 @@ def train(
         frame: training rows (default: the work directory's training set).
         n_trials: Optuna trials per model (default: the profile's).
         timeout_s: tuning time budget per model in seconds (default: the profile's).
+        windows: train, validation and test rows of another protocol (a public benchmark's
+            random split); default: the time windows of ``frame``.
     """
     started = time.perf_counter()
     frame = load_training_set(settings) if frame is None else frame
     split = time_split(frame)
-    train_rows, valid_rows, test_rows = split.windows(frame)
+    train_rows, valid_rows, test_rows = split.windows(frame) if windows is None else windows
     n_trials = n_trials or settings.optuna.n_trials
     timeout_s = timeout_s if timeout_s is not None else settings.optuna.timeout_s
     registry.configure(settings)

@@ -72,10 +72,19 @@ def random_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
                 "hist_usual_alpha": maybe(float(rng.integers(0, 6)), 0.5),
                 "hist_usual_numeric": maybe(float(rng.integers(0, 12)), 0.5),
                 "hist_usual_waist": maybe(float(rng.integers(24, 40)), 0.5),
+                "hist_usual_rtr": maybe(float(rng.integers(0, 20)), 0.9),
+                "hist_usual_modcloth": maybe(float(rng.integers(0, 20)), 0.9),
+                "hist_item_offset": maybe(float(rng.normal()), 0.4),
                 "pstat_n": maybe(float(rng.integers(1, 100)), 0.3),
                 "pstat_share_small": maybe(float(rng.random()), 0.3),
                 "pstat_share_large": maybe(float(rng.random()), 0.3),
                 "pstat_mean_offset": maybe(float(rng.normal()), 0.3),
+                "pstat_size_mean": maybe(float(rng.uniform(1, 6)), 0.3),
+                "pstat_implied_mean": maybe(float(rng.uniform(1, 6)), 0.3),
+                "pstat_user_offset": maybe(float(rng.normal()), 0.3),
+                "pstat_body_weight": maybe(float(rng.uniform(50, 90)), 0.3),
+                "pstat_body_size": maybe(float(rng.uniform(1, 6)), 0.3),
+                "pstat_body_slope": maybe(float(rng.normal(0, 0.05)), 0.3),
             }
         )
     return pd.DataFrame(rows)
@@ -185,6 +194,7 @@ def test_recommend_rows_and_frame_equal_the_legacy_pandas_path(
     fit, size = models
     rows = random_rows(np.random.default_rng(seed + 20), n)
     if n > 1:  # a product without a chart gets None
+        rows.at[0, "product_id"] = "p-without-chart"  # charts are per product
         rows.at[0, "chart_sizes"] = None
         rows.at[0, "chart_index"] = None
     fallbacks = [["guest: no fit history"] if i % 2 else [] for i in range(n)]
