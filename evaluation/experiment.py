@@ -489,6 +489,7 @@ def workdir_report(
     inference_dir: str | Path,
     feedback: str | Path,
     *,
+    pseudonyms: Callable[[str | None], str | None],
     alpha: float = DEFAULT_ALPHA,
     tau: float = DEFAULT_TAU,
 ) -> ExperimentReport:
@@ -498,10 +499,10 @@ def workdir_report(
         inference_dir: the prediction service's inference log directory.
         feedback: feedback events (see :func:`read_feedback`); by default the CLI passes the
             feedback pushed into the work directory's event log.
+        pseudonyms: the deployment's keyed pseudonyms of user ids, as the prediction service
+            wrote them into its log (:func:`serving.pseudonym.load_pseudonymizer`).
         alpha: the sequential test's false-alarm rate.
         tau: the spread of the sequential test's mixture.
     """
-    from serving.predictor import hash_user
-
-    joined = join_feedback(read_inference_log(inference_dir), read_feedback(feedback), hash_user)
+    joined = join_feedback(read_inference_log(inference_dir), read_feedback(feedback), pseudonyms)
     return experiment_report(joined, alpha=alpha, tau=tau)

@@ -224,8 +224,13 @@ def promote(
     if online:
         from evaluation.experiment import workdir_report
         from features.store import feedback_dir
+        from serving.pseudonym import load_pseudonymizer
 
-        report = workdir_report(settings.inference_log_dir, feedback_dir(settings))
+        report = workdir_report(
+            settings.inference_log_dir,
+            feedback_dir(settings),
+            pseudonyms=load_pseudonymizer(settings),
+        )
     _echo_json(run_promote(settings, force=force, online=report).__dict__)
 
 
@@ -465,10 +470,14 @@ def experiment_report_cmd(
 
     from evaluation.experiment import format_report, online_gate, workdir_report
     from features.store import feedback_dir
+    from serving.pseudonym import load_pseudonymizer
 
     settings = _settings(workdir, profile)
     report = workdir_report(
-        settings.inference_log_dir, feedback or feedback_dir(settings), alpha=alpha
+        settings.inference_log_dir,
+        feedback or feedback_dir(settings),
+        pseudonyms=load_pseudonymizer(settings),
+        alpha=alpha,
     )
     promote_ok, why = online_gate(report)
     if json_out is not None:

@@ -21,10 +21,12 @@ from evaluation.experiment import (
     read_inference_log,
     workdir_report,
 )
-from serving.predictor import hash_user
+from serving.pseudonym import Pseudonymizer
 
 SIZES = ["S", "M", "L"]
 T0 = pd.Timestamp("2026-05-01", tz="UTC")
+
+hash_user = Pseudonymizer({"k1": b"x" * 32})
 
 
 def _world(
@@ -97,7 +99,7 @@ def test_a_better_challenger_is_detected_and_passes_the_gate(tmp_path: Path) -> 
     records, feedback = _world(0, 1_500, {CHAMPION: 0.6, CHALLENGER: 0.75})
     path = tmp_path / "fb.parquet"
     feedback.to_parquet(path)
-    report = workdir_report(_write_log(tmp_path / "log", records), path)
+    report = workdir_report(_write_log(tmp_path / "log", records), path, pseudonyms=hash_user)
     assert report.mode == "split" and report.n_feedback == 1_500
     a = report.agreement
     assert a[CHAMPION].low < 0.6 < a[CHAMPION].high
@@ -138,7 +140,9 @@ def test_false_alarm_rate_of_the_sequential_test_is_bounded() -> None:
 
 def test_shadow_mode_pairs_the_variants_on_the_same_feedback(tmp_path: Path) -> None:
     records, feedback = _world(2, 800, {CHAMPION: 0.9, CHALLENGER: 0.6}, shadow=True)
-    report = workdir_report(_write_log(tmp_path / "log", records), _jsonl(tmp_path, feedback))
+    report = workdir_report(
+        _write_log(tmp_path / "log", records), _jsonl(tmp_path, feedback), pseudonyms=hash_user
+    )
     assert report.mode == "shadow"
     assert report.agreement[CHAMPION].n == report.agreement[CHALLENGER].n == 800
     assert report.sequential is not None and report.sequential.favours == CHAMPION
