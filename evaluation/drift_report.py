@@ -228,7 +228,7 @@ def _column_charts(column: Any, reference: pd.DataFrame, current: pd.DataFrame, 
         left = bars_svg(labels, dens, "density", f"{name}: distribution")
     right = ""
     if period and TIME_COLUMN in reference and TIME_COLUMN in current:
-        series: dict[str, pd.Series] = {}
+        over_time: dict[str, pd.Series] = {}
         top = _categories(ref, cur)[:3]
         for window, frame in (("reference", reference), ("current", current)):
             ts = pd.to_datetime(frame[TIME_COLUMN], utc=True).dt.tz_localize(None)
@@ -237,10 +237,10 @@ def _column_charts(column: Any, reference: pd.DataFrame, current: pd.DataFrame, 
                 table = pd.crosstab(when, frame[name], normalize="index")
                 for category in top:
                     if category in table:
-                        series[f"{category} ({window})"] = table[category]
+                        over_time[f"{category} ({window})"] = table[category]
             else:
-                series[f"mean ({window})"] = frame[name].groupby(when).mean()
-        grid = pd.concat(series, axis=1).sort_index()
+                over_time[f"mean ({window})"] = frame[name].groupby(when).mean()
+        grid = pd.concat(over_time, axis=1).sort_index()
         start = pd.to_datetime(current[TIME_COLUMN], utc=True).min()
         marker = None if pd.isna(start) else pd.Timestamp(start).tz_localize(None)
         right = lines_svg(
