@@ -22,9 +22,10 @@ notices of libraries (:func:`quiet_libraries`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TextIO
 
 LOGGER: Final = "fitml"
 """The logger every stage reports progress on."""
@@ -103,11 +104,36 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+_QUIET_CATEGORIES: Final = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _show_unless_deprecation(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, _QUIET_CATEGORIES):
+        return
+    _ORIGINAL_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_ORIGINAL_SHOWWARNING = warnings.showwarning
+
+
 def quiet_libraries() -> None:
-    """Silence what fitml's users cannot act on: libraries' deprecation and INFO chatter."""
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
-    warnings.simplefilter("ignore", PendingDeprecationWarning)
+    """Silence what fitml's users cannot act on: libraries' deprecation and INFO chatter.
+
+    Deprecation notices are dropped where they are shown, not only filtered: some libraries
+    reset the warning filters inside their own calls (``simplefilter("always")``).
+    """
+    for category in _QUIET_CATEGORIES:
+        warnings.simplefilter("ignore", category)
+    warnings.showwarning = _show_unless_deprecation
+    # MLflow sets up its own loggers when imported, at this level (INFO by default)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name, level in (
         ("optuna", logging.WARNING),
         ("mlflow", logging.ERROR),
