@@ -263,7 +263,7 @@ def save_windows(reference: pd.DataFrame, current: pd.DataFrame, json_out: Path)
 def _window_end(frame: pd.DataFrame) -> datetime | None:
     if TIME_COLUMN not in frame or frame[TIME_COLUMN].isna().all():
         return None
-    return pd.Timestamp(frame[TIME_COLUMN].max()).to_pydatetime()
+    return pd.Timestamp(frame[TIME_COLUMN].max()).floor("s").to_pydatetime()
 
 
 def record(settings: Settings, verdict: DriftVerdict, snapshot: Any) -> None:

@@ -73,10 +73,25 @@ def test_a_terminal_rewrites_the_progress_line_in_place(console) -> None:
 
 def test_the_time_budget_is_named_when_it_stops_tuning(console) -> None:
     pipe, _ = console
-    emit("trial", "t", model="size model", trial=1, n_trials=6, best=None, metric="l2",
-         elapsed_s=5.0, budget_left_s=-1.0)
-    emit("tuning_end", "end", model="size model", trials=1, n_trials=6,
-         note="size model: tuning stopped at its time budget (5 s) after 1 of 6 trials")
+    emit(
+        "trial",
+        "t",
+        model="size model",
+        trial=1,
+        n_trials=6,
+        best=None,
+        metric="l2",
+        elapsed_s=5.0,
+        budget_left_s=-1.0,
+    )
+    emit(
+        "tuning_end",
+        "end",
+        model="size model",
+        trials=1,
+        n_trials=6,
+        note="size model: tuning stopped at its time budget (5 s) after 1 of 6 trials",
+    )
     text = pipe.getvalue()
     assert "trial 1/6, no trial completed yet, 5 s, budget left 0 s" in text
     assert "stopped at its time budget (5 s) after 1 of 6 trials" in text
@@ -84,8 +99,15 @@ def test_the_time_budget_is_named_when_it_stops_tuning(console) -> None:
 
 def test_trial_line_without_a_budget() -> None:
     line = trial_line(
-        {"model": "fit model", "trial": 2, "n_trials": 6, "best": 0.3, "metric": "l2",
-         "elapsed_s": 4.0, "budget_left_s": None}
+        {
+            "model": "fit model",
+            "trial": 2,
+            "n_trials": 6,
+            "best": 0.3,
+            "metric": "l2",
+            "elapsed_s": 4.0,
+            "budget_left_s": None,
+        }
     )
     assert line == "tuning fit model: trial 2/6, best l2 0.3000, 4 s"
 
