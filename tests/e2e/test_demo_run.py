@@ -22,7 +22,8 @@ from ml_pipeline.console import LOGGER, ConsoleHandler
 from ml_pipeline.pipeline import PipelineConfig, run_pipeline
 from ml_pipeline.settings import load_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Two small pipelines run in the set-up (about 1.5 min each on an idle machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SAME_AS_TRAINED = PipelineConfig(users=1500, products=120, events=20_000, seed=7, n_trials=1)
 """The configuration of the session's ``trained_workdir`` (tests/conftest.py)."""
