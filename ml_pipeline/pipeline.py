@@ -238,10 +238,10 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         # the (possibly new) champion's training window against the window after it
         verdict = drift_check(settings, json_out=json_out, html_out=html)
         summary.drift = verdict.to_dict()
-        # the analysts' page: the same period as checks every two weeks, over data time
+        # the analysts' page: the same period as weekly checks, over data time
         summary.drift["scheduled_checks"] = [
             {"window_end": v.current_window.get("end"), "drift_detected": v.drift_detected}
-            for v in scheduled_checks(settings, every="14D")
+            for v in scheduled_checks(settings, every="7D")
         ]
         summary.paths.update(drift_html=str(html), drift_json=str(json_out))
     events = store.read_offline(settings, "events")
