@@ -117,7 +117,9 @@ def test_evaluate_prints_the_tables_and_logs_them(second_run: tuple[Path, str]) 
     )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    assert "fit model: P(too small, fit, too large)  mean AUC  log loss" in text
+    assert re.search(
+        r"^fit model: P\(too small, fit, too large\)\s+mean AUC\s+log loss$", text, re.M
+    )
     assert re.search(r"^fitml LightGBM \(Optuna-tuned\)\s+0\.\d{3}\s+0\.\d{3}$", text, re.M)
     assert "by slice" in text and "category=" in text and "user=new" in text
     run_id = re.search(r"logged to MLflow run (\w+)", text).group(1)
