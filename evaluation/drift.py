@@ -42,7 +42,6 @@ import pandas as pd
 from ml_pipeline.errors import FitmlError
 
 if TYPE_CHECKING:
-    from ml_pipeline.settings import Settings
     from serving.pseudonym import Pseudonymizer
 
 Kind = Literal["numerical", "categorical"]
@@ -199,6 +198,8 @@ class DriftVerdict:
     quality: dict[str, Any] | None = None
     reference_window: dict[str, str | None] = field(default_factory=dict)
     current_window: dict[str, str | None] = field(default_factory=dict)
+    windows: dict[str, str] = field(default_factory=dict)
+    """Where the compared windows were saved (``reference`` / ``current`` parquet paths)."""
     computed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     methodology: str = (
         "distance statistics with per-column effect-size thresholds (evaluation.drift."
@@ -461,14 +462,41 @@ def detect_drift(
         reference: the reference window (as :func:`load_window` gives).
         current: the current window.
         specs: the monitored columns (default :data:`MONITORED`).
-        html: where to write Evidently's HTML report.
+        html: where to write the HTML report (:func:`write_report`).
         quality: the fit model's quality on joined feedback (:func:`feedback_quality`).
 
     Raises:
         DriftInputError: a window is empty or the windows share no monitored column.
     """
+    verdict, snapshot = compare(reference, current, specs=specs, quality=quality)
+    if html is not None:
+        write_report(verdict, snapshot, reference, current, html)
+    return verdict
+
+
+def compare(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    specs: tuple[ColumnSpec, ...] = MONITORED,
+    quality: dict[str, Any] | None = None,
+    timestamp: datetime | None = None,
+) -> tuple[DriftVerdict, Any]:
+    """:func:`detect_drift` without the report: the verdict and Evidently's snapshot.
+
+    Args:
+        reference: the reference window.
+        current: the current window.
+        specs: the monitored columns.
+        quality: the fit model's quality on joined feedback.
+        timestamp: the snapshot's time (default: now); a scheduled check stamps it with the
+            end of its current window, so the analysts' dashboard is drawn over data time.
+
+    Raises:
+        DriftInputError: a window is empty or the windows share no monitored column.
+    """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
+    from evidently.metrics import CategoryCount, MeanValue, RowCount, ValueDrift
 
     reference, current = _monitored(reference), _monitored(current)
     usable, skipped = comparable_specs(reference, current, specs)
@@ -482,14 +510,20 @@ def detect_drift(
         numerical_columns=[s.name for s in usable if s.kind == "numerical"],
         categorical_columns=[s.name for s in usable if s.kind == "categorical"],
     )
-    metrics = [ValueDrift(column=s.name, method=s.method, threshold=s.threshold) for s in usable]
+    metrics: list[Any] = [
+        ValueDrift(column=s.name, method=s.method, threshold=s.threshold) for s in usable
+    ]
+    # what the analysts' dashboard draws over time beside the drift statistics
+    metrics.append(RowCount())
+    if "outcome" in names:
+        metrics += [CategoryCount(column="outcome", category=o) for o in OUTCOME_LABELS]
+    if "pred_p_fit" in names:
+        metrics.append(MeanValue(column="pred_p_fit"))
     snapshot = Report(metrics).run(  # Evidently 0.7: current first, then reference
         current_data=Dataset.from_pandas(current[names], data_definition=definition),
         reference_data=Dataset.from_pandas(reference[names], data_definition=definition),
+        timestamp=timestamp,
     )
-    if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(html))
     values = {
         m["config"]["column"]: float(m["value"])
         for m in snapshot.dict()["metrics"]
@@ -507,7 +541,36 @@ def detect_drift(
         )
         for s in usable
     ]
-    return _verdict(reference, current, columns, skipped, quality)
+    return _verdict(reference, current, columns, skipped, quality), snapshot
+
+
+def write_report(
+    verdict: DriftVerdict,
+    snapshot: Any,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    html: Path,
+) -> Path:
+    """Write the drift report: the verdict first, then every column, drifted ones first.
+
+    ``html`` opens on the verdict and a summary table (drifted columns first, then by how
+    close each is to its threshold); each column follows in that order with its distribution
+    in both windows (proportions for categories, densities for numbers) and its weekly (or
+    daily) mean or category shares over event time. Evidently's own per-column report is
+    written beside it (``<name>_evidently.html``) and linked.
+
+    Returns:
+        The report's path.
+    """
+    from evaluation.drift_report import render_report
+
+    html.parent.mkdir(parents=True, exist_ok=True)
+    evidently_html = html.with_name(html.stem + "_evidently.html")
+    snapshot.save_html(str(evidently_html))
+    html.write_text(
+        render_report(verdict, _monitored(reference), _monitored(current), evidently_html.name)
+    )
+    return html
 
 
 def _verdict(
@@ -714,215 +777,3 @@ def run_drift(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(verdict.to_json())
     return verdict
-
-
-def champion_windows(settings: Settings, *, with_predictions: bool = True) -> dict[str, Any]:
-    """The champion's training window, the window after it, and what monitoring needs of them.
-
-    Returns:
-        ``reference`` and ``current`` (training-set rows, with the champion fit model's
-        ``pred_p_*`` when ``with_predictions``), ``run_id`` of the champion's training run,
-        ``fit_model`` (the loaded champion) and ``versions``.
-    """
-    import mlflow
-
-    from evaluation.evaluate import Split
-    from training import registry
-    from training.train import load_training_set
-
-    registry.configure(settings)
-    client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias(settings.mlflow.fit_model_name, registry.CHAMPION)
-    params = mlflow.get_run(str(version.run_id)).data.params
-    split = Split(pd.Timestamp(params["valid_start"]), pd.Timestamp(params["test_start"]))
-    frame = load_training_set(settings)
-    ts = frame[TIME_COLUMN]
-    reference, current = frame[ts < split.test_start], frame[ts >= split.test_start]
-    fit_model, fit_version = registry.load_model(settings.mlflow.fit_model_name)
-    if with_predictions:
-        reference = add_predictions(reference, fit_model)
-        current = add_predictions(current, fit_model)
-    return {
-        "reference": reference,
-        "current": current,
-        "run_id": str(version.run_id),
-        "fit_model": fit_model,
-        "versions": {"fit_model": fit_version},
-        "split": split,
-    }
-
-
-def log_to_mlflow(
-    settings: Settings,
-    verdict: DriftVerdict,
-    paths: list[Path],
-    champion_run_id: str | None = None,
-) -> str:
-    """Log the verdict's numbers and files to MLflow, in a ``drift`` run beside the champion's.
-
-    The run is in the same experiment, tagged with the champion's training run id and model
-    version, so the MLflow UI shows each drift check next to the model it checked.
-
-    Returns:
-        The drift run's id.
-    """
-    import mlflow
-
-    from training import registry
-
-    registry.configure(settings)
-    if champion_run_id is None:
-        version = registry.alias_version(settings.mlflow.fit_model_name, registry.CHAMPION)
-        if version is not None:
-            mv = mlflow.MlflowClient().get_model_version(settings.mlflow.fit_model_name, version)
-            champion_run_id = str(mv.run_id)
-    tags = {
-        "fitml.kind": "drift",
-        "fitml.champion_run_id": champion_run_id or "",
-        "fitml.drift_detected": str(verdict.drift_detected).lower(),
-    }
-    with mlflow.start_run(run_name="drift", tags=tags) as run:
-        mlflow.log_metrics(
-            {
-                "drift_detected": float(verdict.drift_detected),
-                "drift_share": verdict.drift_share,
-                "n_reference": float(verdict.n_reference),
-                "n_current": float(verdict.n_current),
-                **{f"drift_{c.column}": c.value for c in verdict.columns},
-            }
-        )
-        mlflow.log_dict(verdict.to_dict(), "drift/drift_verdict.json")
-        for path in paths:
-            if path.is_file():
-                mlflow.log_artifact(str(path), artifact_path="drift")
-    return str(run.info.run_id)
-
-
-MIN_FEEDBACK_ROWS: Final = 50
-"""Fewer joined feedback rows than this: the quality comparison is not made."""
-
-
-def has_champion(settings: Settings) -> bool:
-    """Whether the work directory's registry has a champion fit model (no store is created)."""
-    if settings.mlflow.tracking_uri.startswith("sqlite:///"):
-        db = Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            return False
-    from training import registry
-
-    try:
-        registry.configure(settings)
-    except Exception:  # an unreachable tracking store means no champion
-        return False
-    return registry.alias_version(settings.mlflow.fit_model_name, registry.CHAMPION) is not None
-
-
-def _is_inference_log(source: Path | pd.DataFrame | None) -> bool:
-    if source is None or isinstance(source, pd.DataFrame):
-        return False
-    path = Path(source)
-    return path.suffix == ".jsonl" or (path.is_dir() and any(path.glob("*.jsonl")))
-
-
-def drift_check(
-    settings: Settings,
-    reference: Path | pd.DataFrame | None = None,
-    current: Path | pd.DataFrame | None = None,
-    *,
-    json_out: Path | None = None,
-    html_out: Path | None = None,
-    feedback: Path | None = None,
-    log_mlflow: bool = True,
-    record_history: bool = True,
-) -> DriftVerdict:
-    """``fitml drift``: compare, write the verdict and report, log them and keep the history.
-
-    Args:
-        settings: the run's settings (work directory, MLflow).
-        reference: the reference window (default: the champion's training window).
-        current: the current window (default: the window after the champion's training
-            window). An inference log also gets the quality check when feedback has arrived.
-        json_out: the verdict (default ``<workdir>/reports/drift_verdict.json``).
-        html_out: the report (default ``<workdir>/reports/drift_report.html``); the quality
-            report goes beside it as ``*_quality.html``.
-        feedback: feedback events (parquet) for the quality check (default: the work
-            directory's ingested events).
-        log_mlflow: log the verdict and reports in a ``drift`` run beside the champion's.
-        record_history: append the verdict to the drift history table.
-
-    Raises:
-        DriftInputError: a window cannot be read, or a default window is asked for but the
-            work directory has no champion model.
-    """
-    json_out = json_out or settings.reports_dir / "drift_verdict.json"
-    html_out = html_out or settings.reports_dir / "drift_report.html"
-    champion = has_champion(settings)
-    if (reference is None or current is None or _is_inference_log(current)) and champion:
-        windows: dict[str, Any] | None = champion_windows(settings)
-    elif reference is None or current is None:
-        raise DriftInputError(
-            f"no champion model in {settings.workdir} to take the default windows from: give "
-            "--reference and --current, or run `fitml pipeline run` first"
-        )
-    else:
-        windows = None
-    ref_frame = load_window(
-        windows["reference"] if reference is None and windows else reference,  # type: ignore[arg-type]
-        workdir=settings.workdir,
-    )
-    cur_frame = load_window(
-        windows["current"] if current is None and windows else current,  # type: ignore[arg-type]
-        workdir=settings.workdir,
-    )
-    quality = None
-    quality_html = html_out.with_name(html_out.stem + "_quality.html")
-    if windows is not None and _is_inference_log(current):
-        quality = _quality_from_log(settings, Path(current), feedback, windows, quality_html)  # type: ignore[arg-type]
-    verdict = detect_drift(ref_frame, cur_frame, html=html_out, quality=quality)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(verdict.to_json())
-    if record_history:
-        from evaluation.drift_history import append_history, history_location
-
-        append_history(history_location(settings), verdict)
-    if log_mlflow and champion:
-        paths = [json_out, html_out] + ([quality_html] if quality else [])
-        log_to_mlflow(settings, verdict, paths, windows["run_id"] if windows else None)
-    return verdict
-
-
-def _quality_from_log(
-    settings: Settings,
-    log: Path,
-    feedback: Path | None,
-    windows: dict[str, Any],
-    html: Path,
-) -> dict[str, Any] | None:
-    from training import registry
-
-    if feedback is not None:
-        events = pd.read_parquet(feedback)
-    else:
-        events = pd.read_parquet(settings.offline_dir / "events.parquet")
-    from serving.pseudonym import load_pseudonymizer
-
-    joined = join_feedback(read_inference_log(log), events, load_pseudonymizer(settings))
-    if len(joined) < MIN_FEEDBACK_ROWS:
-        return None
-    # score each logged request with the fit model version that answered it
-    parts = []
-    version_col = "model_versions.fit_model"
-    for version, rows in joined.groupby(joined.get(version_col, pd.Series("", index=joined.index))):
-        model = windows["fit_model"]
-        if version and str(version) != windows["versions"]["fit_model"]:
-            import mlflow
-
-            registry.configure(settings)
-            pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.fit_model_name}/{version}")
-            model = pyfunc.unwrap_python_model().model  # type: ignore[attr-defined]
-        parts.append(score_feedback(rows, model))
-    current_scored = pd.concat(parts, ignore_index=True)
-    split = windows["split"]
-    test = windows["current"]
-    reference_scored = test[test[TIME_COLUMN] >= split.test_start]
-    return feedback_quality(reference_scored, current_scored, html=html)

@@ -1,4 +1,7 @@
-"""The time series of drift metrics: one table, appended by every ``fitml drift`` run.
+"""The time series of drift metrics: one table, appended by every scheduled drift check.
+
+Ad-hoc ``fitml drift`` runs are not appended (they would mix unrelated comparisons into the
+chart); scheduled checks (``fitml drift --scheduled``, :mod:`evaluation.monitoring`) are.
 
 Each verdict becomes rows of a long table (``drift_history``): one per monitored column
 (``kind = "drift"``: method, threshold, value, drifted), one per outcome share of the current
@@ -220,7 +223,7 @@ def backfill(
     """Compare every ``freq`` window of ``frame`` from ``start`` with ``reference``; append each.
 
     This charts drift over a period at once (e.g. after adopting monitoring); day-to-day,
-    every ``fitml drift`` run appends its own verdict.
+    every scheduled check appends its own verdict.
 
     Returns:
         The verdicts, oldest window first (windows under ``min_rows`` rows are skipped).

@@ -460,3 +460,105 @@ def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
     )
     result["model_versions"] = {"fit_model": fit_version, "size_model": size_version}
     return result
+
+
+def evaluate_registered(
+    settings: Any, alias: str = "champion"
+) -> tuple[Evaluation, dict[str, str]]:
+    """:func:`evaluate_alias` with the slice table: the evaluation and the model versions."""
+    from training import registry
+    from training.train import load_truth
+
+    frame, split = _champion_split(settings, alias)
+    train, valid, test = split.windows(frame)
+    fit, fit_version = registry.load_model(settings.mlflow.fit_model_name, alias)
+    size, size_version = registry.load_model(settings.mlflow.size_model_name, alias)
+    evaluation = evaluate(
+        test,
+        fit,  # type: ignore[arg-type]
+        size,  # type: ignore[arg-type]
+        load_truth(settings),
+        pd.concat([train, valid]),
+        seed=settings.seed,
+    )
+    return evaluation, {"fit_model": fit_version, "size_model": size_version}
+
+
+def log_evaluation(
+    settings: Any,
+    evaluation: Evaluation,
+    alias: str,
+    versions: dict[str, str],
+    summary: str,
+) -> str:
+    """Log an evaluation of registered models as an ``evaluate`` run of the training experiment.
+
+    The run holds the flat metrics, the printed tables (``evaluation/summary.txt``) and the
+    slice table, tagged with the alias and versions evaluated. Started by ``mlflow run . -e
+    evaluate`` against the project's store, it logs into that run (``MLFLOW_RUN_ID``); against
+    another store, the launcher's run gets the same metrics and a tag pointing to this one.
+
+    Returns:
+        The id of the run that holds the evaluation in the project's store.
+    """
+    import os
+
+    import mlflow
+
+    from training import registry
+
+    registry.configure(settings)
+    metrics = {
+        k: float(v)
+        for k, v in evaluation.metrics.items()
+        if isinstance(v, int | float | np.floating) and np.isfinite(v)
+    }
+    launcher_run = os.environ.get("MLFLOW_RUN_ID")
+    launcher_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    in_project = bool(launcher_run) and _same_store(launcher_uri, settings.mlflow.tracking_uri)
+    tags = {
+        "fitml.kind": "evaluate",
+        "fitml.alias": alias,
+        "fit_model_version": versions["fit_model"],
+        "size_model_version": versions["size_model"],
+        registry.DESCRIPTION_TAG: (
+            f"Evaluation of {alias} (fit model v{versions['fit_model']}, size model "
+            f"v{versions['size_model']}) on its held-out window of "
+            f"{evaluation.metrics.get('n_test')} events, beside the baselines."
+        ),
+    }
+    if launcher_run and not in_project:
+        os.environ.pop("MLFLOW_RUN_ID")  # the launcher's run lives in another store
+    try:
+        with mlflow.start_run(
+            run_id=launcher_run if in_project else None, run_name=f"evaluate {alias}"
+        ) as run:
+            mlflow.set_tags(tags)
+            mlflow.log_metrics(metrics)
+            mlflow.log_text(summary, "evaluation/summary.txt")
+            mlflow.log_dict(evaluation.metrics, "evaluation/metrics.json")
+            mlflow.log_table(evaluation.slices, "evaluation/slices.json")
+    finally:
+        if launcher_run and not in_project:
+            os.environ["MLFLOW_RUN_ID"] = launcher_run
+    if launcher_run and not in_project:
+        client = mlflow.MlflowClient(tracking_uri=launcher_uri)
+        for key, value in metrics.items():
+            client.log_metric(launcher_run, key, value)
+        client.set_tag(launcher_run, "fitml.project_store", settings.mlflow.tracking_uri)
+        client.set_tag(launcher_run, "fitml.project_run_id", run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _same_store(a: str | None, b: str) -> bool:
+    if not a:
+        return False
+
+    def norm(uri: str) -> str:
+        if uri.startswith("sqlite:///"):
+            from pathlib import Path
+
+            return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        return uri.rstrip("/")
+
+    return norm(a) == norm(b)

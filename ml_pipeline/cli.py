@@ -196,15 +196,35 @@ def evaluate(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
     alias: Annotated[str, typer.Option(help="Registry alias to evaluate.")] = "champion",
-    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the flat metrics to this JSON file.")
+    ] = None,
+    log_mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow/--no-mlflow", help="Log the evaluation as a run of the training experiment."
+        ),
+    ] = True,
 ) -> None:
-    """Score a registered model pair on the held-out window, beside the baselines."""
-    from evaluation.evaluate import evaluate_alias
+    """Score a registered model pair on its held-out window: tables beside the baselines."""
+    from evaluation.evaluate import evaluate_registered, log_evaluation
+    from evaluation.tables import format_evaluation
 
-    metrics = evaluate_alias(_settings(workdir, profile), alias)
+    settings = _settings(workdir, profile)
+    evaluation, versions = evaluate_registered(settings, alias)
+    text = format_evaluation(
+        evaluation.metrics,
+        evaluation.slices,
+        title=f"{alias}: fit model v{versions['fit_model']}, size model v{versions['size_model']}",
+    )
+    typer.echo(text)
     if json_out is not None:
+        metrics = {**evaluation.metrics, "model_versions": versions}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(metrics, indent=2, default=str))
-    _echo_json(metrics)
+    if log_mlflow:
+        run_id = log_evaluation(settings, evaluation, alias, versions, text)
+        typer.echo(f"\nlogged to MLflow run {run_id} ({settings.mlflow.tracking_uri})")
 
 
 @app.command()
@@ -347,21 +367,18 @@ def drift(
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is detected.")
     ] = False,
-    log_mlflow: Annotated[
+    scheduled: Annotated[
         bool,
         typer.Option(
-            "--mlflow/--no-mlflow", help="Log verdict and report beside the champion's run."
+            "--scheduled",
+            help="A scheduled check: also append it to the drift history, add it to the "
+            "analysts' workspace and log it in the MLflow monitoring experiment (ad-hoc "
+            "checks write only their own files).",
         ),
-    ] = True,
-    history: Annotated[
-        bool,
-        typer.Option(
-            "--history/--no-history", help="Append the verdict to the drift history table."
-        ),
-    ] = True,
+    ] = False,
 ) -> None:
-    """Compare a current window with a reference: Evidently HTML report + JSON verdict."""
-    from evaluation.drift import drift_check
+    """Compare a current window with a reference: HTML report + JSON verdict."""
+    from evaluation.monitoring import drift_check
 
     settings = _settings(workdir, profile)
     json_out = json_out or settings.reports_dir / "drift_verdict.json"
@@ -373,13 +390,38 @@ def drift(
         json_out=json_out,
         html_out=html_out,
         feedback=feedback,
-        log_mlflow=log_mlflow,
-        record_history=history,
+        scheduled=scheduled,
     )
     typer.echo(verdict.summary())
     typer.echo(f"verdict: {json_out}\nreport:  {html_out}")
     if fail_on_drift and verdict.drift_detected:
         raise typer.Exit(code=3)
+
+
+@app.command("monitoring-ui")
+def monitoring_ui(
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the page on 127.0.0.1.")
+    ] = 8001,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the analysts' page: scheduled drift checks over time (Evidently UI) until stopped."""
+    from evaluation.workspace import latest_verdict, ui_command, workspace_dir
+
+    path = workspace_dir(_settings(workdir, profile))
+    if latest_verdict(path) is None:
+        typer.secho(
+            f"fitml: no scheduled drift check in {path} yet: run `fitml pipeline run` or "
+            "`fitml drift --scheduled` first",
+            err=True,
+            fg="red",
+        )
+        raise typer.Exit(code=2)
+    typer.echo(f"analysts' page: http://{host}:{port}  (workspace {path}; Ctrl-C stops it)")
+    argv = ui_command(path, host=host, port=port)
+    os.execvp(argv[0], argv)
 
 
 @pipeline_app.command("run")
@@ -490,13 +532,12 @@ def experiment_report_cmd(
 
 def main() -> None:
     """Run the CLI; expected errors print one clear line and exit 2."""
-    import warnings
-
+    from ml_pipeline.console import configure_console
     from ml_pipeline.errors import FitmlError
 
-    # Libraries' deprecation notices are for their developers, not for fitml's users.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
+    # Stage headers and tuning progress on stderr; libraries' deprecation notices and INFO
+    # chatter are for their developers, not for fitml's users.
+    configure_console()
     try:
         app()
     except (FitmlError, SettingsError, FileNotFoundError, LookupError) as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml_pipeline.console import emit
 from ml_pipeline.settings import Settings
 
 
@@ -94,6 +95,7 @@ class PipelineSummary:
             "",
             f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
             f"  drift report:  {self.paths.get('drift_html')}",
+            f"  analysts:      fitml monitoring-ui --workdir {settings.workdir}  (drift over time)",
             f"  serve:         {_serve_command(settings)}",
             "  try it:        curl -s -X POST http://127.0.0.1:3000/recommend "
             "-H 'Content-Type: application/json' "
@@ -141,17 +143,18 @@ def write_examples(settings: Settings, events: pd.DataFrame, path: Path, n: int 
 def retrain_decision(settings: Settings) -> tuple[bool, dict[str, Any]]:
     """The retrain trigger: should the models be retrained on the work directory's data now?
 
-    Compares the window after the champion's training window with that training window
-    (:func:`evaluation.drift.drift_check`: verdict, report, MLflow, history).
+    Compares the window after the champion's training window with that training window, as
+    a scheduled check (:func:`evaluation.monitoring.drift_check`: verdict, report, history,
+    the analysts' workspace and the MLflow monitoring experiment).
 
     Returns:
         Whether to retrain, and the verdict as a dict (``{"reason": ...}`` without a champion).
     """
-    from evaluation.drift import drift_check, has_champion
+    from evaluation.monitoring import drift_check, has_champion
 
     if not has_champion(settings):
         return True, {"drift_detected": None, "reason": "no champion yet: train one"}
-    verdict = drift_check(settings)
+    verdict = drift_check(settings, scheduled=True)
     return verdict.drift_detected, verdict.to_dict()
 
 
@@ -161,7 +164,8 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     With ``config.if_drift`` the stages after the training set run only when
     :func:`retrain_decision` says so; otherwise the run stops after the drift check.
     """
-    from evaluation.drift import drift_check
+    emit("note", f"fitml pipeline into {settings.workdir} (loading the libraries ...)")
+    from evaluation.monitoring import drift_check, scheduled_checks
     from features import store
     from ml_pipeline.ingest import ingest_synthetic
     from ml_pipeline.synth import generate
@@ -170,9 +174,19 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
 
     summary = PipelineSummary(workdir=settings.workdir)
     settings.workdir.mkdir(parents=True, exist_ok=True)
+    planned = [
+        "generate",
+        "ingest",
+        "features",
+        "training_set",
+        *(["drift_check"] if config.if_drift else []),
+        "train",
+        "promote",
+        "drift",
+    ]
 
     def stage(name: str) -> _Timer:
-        return _Timer(summary.seconds, name)
+        return _Timer(summary.seconds, name, planned)
 
     raw = settings.workdir / "raw"
     with stage("generate"):
@@ -230,6 +244,11 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         # the (possibly new) champion's training window against the window after it
         verdict = drift_check(settings, json_out=json_out, html_out=html)
         summary.drift = verdict.to_dict()
+        # the analysts' page: the same period as weekly checks, over data time
+        summary.drift["scheduled_checks"] = [
+            {"window_end": v.current_window.get("end"), "drift_detected": v.drift_detected}
+            for v in scheduled_checks(settings, every="7D")
+        ]
         summary.paths.update(drift_html=str(html), drift_json=str(json_out))
     events = store.read_offline(settings, "events")
     examples = write_examples(settings, events, settings.workdir / "examples" / "recommend.jsonl")
@@ -240,12 +259,37 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     return summary
 
 
+STAGE_TITLES: dict[str, str] = {
+    "generate": "synthetic data",
+    "ingest": "ingest: validate, standardise units, quarantine",
+    "features": "Feast feature store: apply, materialise",
+    "training_set": "point-in-time training set",
+    "drift_check": "drift check against the champion",
+    "train": "tune (Optuna) and train both models, log to MLflow",
+    "promote": "promotion gate",
+    "drift": "drift report: latest window vs training window",
+}
+"""The header of each stage, as the run shows it."""
+
+
 class _Timer:
-    def __init__(self, sink: dict[str, float], name: str) -> None:
+    """Times one stage into ``sink`` and reports its header and its time (ml_pipeline.console)."""
+
+    def __init__(self, sink: dict[str, float], name: str, planned: list[str]) -> None:
         self.sink, self.name = sink, name
+        self.tag = f"[{planned.index(name) + 1}/{len(planned)}]" if name in planned else "[-]"
 
     def __enter__(self) -> None:
+        title = STAGE_TITLES.get(self.name, self.name)
+        emit("stage_start", f"{self.tag} {title} ...", stage=self.name)
         self.started = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
         self.sink[self.name] = time.perf_counter() - self.started
+        if exc[0] is None:
+            emit(
+                "stage_end",
+                f"{self.tag} {self.name} done in {self.sink[self.name]:.1f} s",
+                stage=self.name,
+                seconds=self.sink[self.name],
+            )

@@ -102,7 +102,7 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = load_settings("local", workdir, env={**os.environ, "FITML_TRIALS": "1"})
     run_pipeline(
         settings,
-        PipelineConfig(users=1500, products=120, events=20_000, seed=7, n_trials=1, timeout_s=60),
+        PipelineConfig(users=1500, products=120, events=20_000, seed=7, n_trials=1),
     )
     return settings.workdir
 

@@ -117,7 +117,35 @@ def promote(
     if decision.promoted:
         for key, name in names.items():
             registry.set_alias(name, registry.CHAMPION, chal[key])
-    with mlflow.start_run(run_name="promote"):
+    result = "promoted to champion" if decision.promoted else "kept as challenger"
+    description = (
+        f"Promotion gate: challenger {decision.challenger_versions} {result} "
+        f"({decision.reason})"
+        + (
+            f"; champion was {decision.champion_versions}, mean AUC "
+            f"{decision.champion_auc:.4f} -> {decision.challenger_auc:.4f} on "
+            f"{decision.n_test} held-out events"
+            if decision.champion_auc is not None and decision.challenger_auc is not None
+            else ""
+        )
+        + "."
+    )
+    tags = {
+        "fitml.kind": "promote",
+        "fitml.gate": "promoted" if decision.promoted else "kept",
+        registry.DESCRIPTION_TAG: description,
+    }
+    with mlflow.start_run(run_name="promote", tags=tags) as run:
         mlflow.log_dict(asdict(decision), "promotion.json")
         mlflow.log_param("promoted", decision.promoted)
+        if decision.gain_low is not None:
+            mlflow.log_metric("gain_low", decision.gain_low)
+    if decision.reason != "the challenger already is the champion":
+        registry.record_gate(
+            chal,
+            names,
+            promoted=decision.promoted,
+            reason=decision.reason,
+            decision_run_id=run.info.run_id,
+        )
     return decision

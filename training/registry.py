@@ -54,21 +54,56 @@ class FitmlPyfunc(PythonModel):
         return pd.DataFrame({"best_size_index": self.model.predict(model_input)})
 
 
+EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+"""The experiment tag the MLflow UI reads to pick its view (model training vs GenAI)."""
+MODEL_TRAINING: Final = "custom_model_development"
+DESCRIPTION_TAG: Final = "mlflow.note.content"
+"""Where the MLflow UI shows (and edits) a run's or an experiment's description."""
+EXPERIMENT_DESCRIPTIONS: Final = {
+    "training": "fitml training runs: each `train` run tunes (nested Optuna trials) and fits the "
+    "fit model and the size model, evaluates them on the held-out window beside the baselines "
+    "and registers them as challenger; `promote` runs hold the gate's decisions.",
+    "monitoring": "fitml scheduled drift checks of the champion (one run per checked window), "
+    "kept apart from the training runs.",
+}
+
+
+def ensure_experiment(settings: Settings, name: str, *, kind: str = "training") -> str:
+    """The id of experiment ``name``, created with the profile's artifact location if missing.
+
+    The experiment is marked as model training (``mlflow.experimentKind``), so the MLflow UI
+    opens it on its runs and models, not on the GenAI views, and carries a description.
+    """
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        Path(settings.mlflow.artifact_location).mkdir(parents=True, exist_ok=True)
+        location = settings.mlflow.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+        tags: dict[str, str] = {}
+    else:
+        experiment_id = experiment.experiment_id
+        tags = experiment.tags
+    if tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    if DESCRIPTION_TAG not in tags and kind in EXPERIMENT_DESCRIPTIONS:
+        client.set_experiment_tag(experiment_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTIONS[kind])
+    return str(experiment_id)
+
+
 def configure(settings: Settings) -> mlflow.MlflowClient:
     """Point MLflow at the profile's tracking store and make sure the experiment exists.
 
-    The experiment's artifact location is set explicitly, so nothing lands in ``./mlruns``.
+    The experiment's artifact location is set explicitly, so nothing lands in ``./mlruns``;
+    it is marked as model training (:func:`ensure_experiment`).
     """
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     if settings.mlflow.registry_uri:
         mlflow.set_registry_uri(settings.mlflow.registry_uri)
     client = mlflow.MlflowClient()
-    if client.get_experiment_by_name(settings.mlflow.experiment) is None:
-        Path(settings.mlflow.artifact_location).mkdir(parents=True, exist_ok=True)
-        location = settings.mlflow.artifact_location
-        if "://" not in location:
-            location = Path(location).resolve().as_uri()
-        client.create_experiment(settings.mlflow.experiment, artifact_location=location)
+    ensure_experiment(settings, settings.mlflow.experiment)
     mlflow.set_experiment(settings.mlflow.experiment)
     return client
 
@@ -162,3 +197,93 @@ def alias_version(name: str, alias: str) -> str | None:
 def set_alias(name: str, alias: str, version: str) -> None:
     """Give ``alias`` to version ``version`` of ``name``."""
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def _metric(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
+def describe_training(
+    run_id: str,
+    fit: LoggedModel,
+    size: LoggedModel,
+    metrics: dict[str, Any],
+    *,
+    n_train: int,
+    test_start: Any,
+    trials: dict[str, int],
+) -> None:
+    """Write what a training run did onto the run and both new model versions.
+
+    The run's description says what was tuned and trained and how it scored beside the
+    baselines; each version's description says what the model predicts, where it came from
+    and its held-out figures. The gate's decision is added later (:func:`record_gate`).
+    """
+    client = mlflow.MlflowClient()
+    window = f"events before {str(test_start)[:10]}"
+    figures = (
+        f"fit model mean AUC {_metric(metrics, 'fit_mean_auc')} (logistic regression "
+        f"{_metric(metrics, 'logreg_mean_auc')}); recommended size exact "
+        f"{_metric(metrics, 'rec_exact_accuracy')}, within one "
+        f"{_metric(metrics, 'rec_within_one')}, agrees with feedback "
+        f"{_metric(metrics, 'feedback_agreement')}"
+    )
+    client.set_tag(
+        run_id,
+        DESCRIPTION_TAG,
+        f"Tuned with Optuna ({trials['fit']} trials for the fit model, {trials['size']} for "
+        f"the size model) and trained on {n_train:,} try-ons ({window}); scored on the "
+        f"held-out window of {metrics.get('n_test')} events: {figures}. Registered "
+        f"{fit.name} v{fit.version} and {size.name} v{size.version} as challenger; the "
+        "promotion gate decides on champion.",
+    )
+    what = {
+        fit.name: "Fit model: P(too small, fit, too large) for a (shopper, product, size).",
+        size.name: "Size model: the best size index of a product for a shopper.",
+    }
+    for model in (fit, size):
+        client.update_model_version(
+            model.name,
+            model.version,
+            description=f"{what[model.name]} Trained in run {run_id} on {n_train:,} try-ons "
+            f"({window}); held-out window: {figures}. Gate: not yet decided.",
+        )
+        client.set_model_version_tag(model.name, model.version, "fitml.gate", "pending")
+
+
+def record_gate(
+    versions: dict[str, str],
+    names: dict[str, str],
+    *,
+    promoted: bool,
+    reason: str,
+    decision_run_id: str,
+) -> None:
+    """Write the promotion gate's decision onto the challenger versions and their training run.
+
+    Args:
+        versions: the challenger's version per model key (``fit_model``, ``size_model``).
+        names: the registered name per model key.
+        promoted: whether the challenger became champion.
+        reason: the gate's reason (e.g. the bootstrap bound of the AUC gain).
+        decision_run_id: the ``promote`` run that holds the decision.
+    """
+    client = mlflow.MlflowClient()
+    result = "promoted to champion" if promoted else "kept as challenger (not promoted)"
+    training_runs = set()
+    for key, version in versions.items():
+        name = names[key]
+        mv = client.get_model_version(name, version)
+        client.set_model_version_tag(
+            name, version, "fitml.gate", "promoted" if promoted else "kept"
+        )
+        client.set_model_version_tag(name, version, "fitml.gate_reason", reason)
+        client.set_model_version_tag(name, version, "fitml.gate_run_id", decision_run_id)
+        text = (mv.description or "").replace("Gate: not yet decided.", "").rstrip()
+        client.update_model_version(name, version, description=f"{text} Gate: {result} ({reason}).")
+        if mv.run_id:
+            training_runs.add(mv.run_id)
+    for run_id in training_runs:
+        client.set_tag(run_id, "fitml.gate", "promoted" if promoted else "kept")
+        client.set_tag(run_id, "fitml.gate_reason", reason)

@@ -102,6 +102,7 @@ def _tune(
             storage=settings.optuna.storage,
             study_name=f"fitml-{model.kind}-{int(time.time())}",
             categorical=[c for c in CATEGORICAL_FEATURES if c in model.features],
+            label=f"{model.kind} model",
             base_params={
                 "num_threads": settings.training.num_threads,
                 "num_boost_round": round_budget(
@@ -152,7 +153,7 @@ def train(
     n_trials = n_trials or settings.optuna.n_trials
     timeout_s = timeout_s if timeout_s is not None else settings.optuna.timeout_s
     registry.configure(settings)
-    with mlflow.start_run(run_name="train") as run:
+    with mlflow.start_run(run_name="train", tags={"fitml.kind": "train"}) as run:
         mlflow.log_params(
             {
                 "feature_service": FEATURE_SERVICE,
@@ -199,6 +200,15 @@ def train(
         )
         mlflow.set_tags(
             {"fit_model_version": fit_logged.version, "size_model_version": size_logged.version}
+        )
+        registry.describe_training(
+            run.info.run_id,
+            fit_logged,
+            size_logged,
+            metrics,
+            n_train=len(fit_rows),
+            test_start=split.test_start,
+            trials={"fit": fit_tuning.n_trials, "size": size_tuning.n_trials},
         )
     return TrainResult(
         run_id=run.info.run_id,

@@ -28,6 +28,7 @@ import optuna
 import pandas as pd
 from optuna_integration.lightgbm import LightGBMPruningCallback
 
+from ml_pipeline.console import emit
 from ml_pipeline.errors import InvalidValueError
 
 Objective = Literal["multiclass", "regression", "binary"]
@@ -358,6 +359,7 @@ def tune_lightgbm(
     base_params: Mapping[str, Any] | None = None,
     log_to_mlflow: bool = True,
     initial_params: Sequence[Mapping[str, Any]] = (),
+    label: str = "model",
 ) -> TuningResult:
     """Tune a LightGBM model with Optuna (seeded TPE, pruning, early stopping).
 
@@ -398,6 +400,8 @@ def tune_lightgbm(
             settings), each a mapping of some of the tuned names (``learning_rate``, ...,
             ``class_weight_power``) to values; unnamed ones are sampled. Only enqueued when the
             study has no trials yet, so resuming workers do not repeat them.
+        label: What is tuned (``"fit model"``), for the progress line reported after each
+            trial on the ``fitml`` logger (:mod:`ml_pipeline.console`).
 
     Returns:
         The best parameters, iteration and value, the number of finished trials, the study.
@@ -497,7 +501,49 @@ def tune_lightgbm(
     if initial_params and not study.get_trials(deepcopy=False):
         for point in initial_params:
             study.enqueue_trial(dict(point), skip_if_exists=True)
-    study.optimize(run_trial, n_trials=n_trials, timeout=timeout_s)
+    started = time.monotonic()
+    done_here = [0]
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done_here[0] += 1
+        try:
+            best: float | None = float(study.best_value)
+        except ValueError:  # no trial completed yet
+            best = None
+        emit(
+            "trial",
+            f"tuning {label}: trial {done_here[0]}/{n_trials}",
+            model=label,
+            trial=done_here[0],
+            n_trials=n_trials,
+            best=best,
+            metric=metric,
+            elapsed_s=time.monotonic() - started,
+            budget_left_s=None if deadline is None else deadline - time.monotonic(),
+        )
+
+    study.optimize(run_trial, n_trials=n_trials, timeout=timeout_s, callbacks=[report])
+    note = ""
+    if done_here[0] < n_trials:
+        note = (
+            f"{label}: tuning stopped at its time budget ({timeout_s:g} s) after "
+            f"{done_here[0]} of {n_trials} trials; results can differ from run to run "
+            "(raise the budget or lower the trial count for reproducible figures)"
+        )
+    elif deadline is not None and time.monotonic() > deadline:
+        note = (
+            f"{label}: the last trial was cut at the time budget ({timeout_s:g} s); "
+            "results can differ from run to run"
+        )
+    emit(
+        "tuning_end",
+        f"tuning {label}: {done_here[0]} trials in {time.monotonic() - started:.0f} s"
+        + (f" ({note})" if note else ""),
+        model=label,
+        trials=done_here[0],
+        n_trials=n_trials,
+        note=note,
+    )
 
     finished = [
         t

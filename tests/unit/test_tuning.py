@@ -215,3 +215,28 @@ def test_timeout_also_stops_a_long_trial() -> None:
     )
     assert time.monotonic() - start < 10
     assert result.best_iteration >= 1
+
+
+def _progress(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    return [r.fitml for r in caplog.records if r.name == "fitml" and hasattr(r, "fitml")]
+
+
+def test_each_trial_reports_progress_and_a_cut_budget_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("INFO", logger="fitml"):
+        _tune(0, n_trials=3, log_to_mlflow=False, label="fit model")
+    events = _progress(caplog)
+    trials = [e for e in events if e["event"] == "trial"]
+    assert [e["trial"] for e in trials] == [1, 2, 3]
+    assert all(e["n_trials"] == 3 and e["model"] == "fit model" for e in trials)
+    bests = [e["best"] for e in trials if e["best"] is not None]
+    assert bests == sorted(bests, reverse=True)  # best so far never gets worse
+    assert events[-1]["event"] == "tuning_end" and events[-1]["note"] == ""
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fitml"):
+        _tune(0, n_trials=1000, timeout_s=1.0, log_to_mlflow=False, label="size model")
+    end = _progress(caplog)[-1]
+    assert end["event"] == "tuning_end"
+    assert "stopped at its time budget" in end["note"] and "of 1000 trials" in end["note"]
