@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, TypeVar
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, Security
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -42,7 +42,11 @@ from serving.session.observability import (
     request_id_from,
 )
 from serving.session.schemas import (
+    EXAMPLE_PRODUCT,
+    EXAMPLE_SESSION,
+    FEEDBACK_EXAMPLES,
     ID_PATTERN,
+    START_EXAMPLES,
     ErrorBody,
     Feedback,
     FeedbackAccepted,
@@ -50,6 +54,7 @@ from serving.session.schemas import (
     Session,
     SizeOption,
     StartSession,
+    error_example,
 )
 from serving.session.security import KeyRing, RateLimiter
 from serving.session.store import (
@@ -118,12 +123,40 @@ async def authorize(
 
 
 Authorized = Annotated[str, Depends(authorize)]
-SessionId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+SessionId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=[EXAMPLE_SESSION])
+]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key"},
-    422: {"model": ErrorBody, "description": "Invalid request: names the field and the problem"},
-    429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
+    401: {
+        "model": ErrorBody,
+        "description": "Missing or unknown API key",
+        **error_example(
+            f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header"
+        ),
+    },
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid request: names the field and the problem",
+        **error_example("body.product_id: String should have at least 1 character"),
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "Rate limit exceeded (see Retry-After)",
+        **error_example("rate limit of this API key exceeded; retry after 1 s"),
+    },
+}
+UNKNOWN_SESSION: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "Unknown session",
+    **error_example(f"session_id {EXAMPLE_SESSION!r} does not exist"),
+}
+STORE_DOWN: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "Event store unavailable (see Retry-After)",
+    **error_example(
+        f"the event store is unavailable right now; retry after {STORE_RETRY_AFTER_S} s"
+    ),
 }
 
 
@@ -135,8 +168,15 @@ def _unavailable(what: str) -> HTTPException:
     )
 
 
-def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ()) -> FastAPI:
-    """The session service app (``services=None`` only to export the OpenAPI document)."""
+def create_app(
+    services: Services | None, *, cors_origins: tuple[str, ...] = (), docs: bool = True
+) -> FastAPI:
+    """The session service app (``services=None`` only to export the OpenAPI document).
+
+    With ``docs`` the API is browsable without a key: ``/docs`` (Swagger UI, where
+    "Authorize" takes the API key and "Try it out" sends the examples), ``/redoc`` and
+    ``/openapi.json``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -161,9 +201,9 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             f"feedback. Every API route needs an API key in the {API_KEY_HEADER} header."
         ),
         lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.services = services
     if cors_origins:
@@ -240,11 +280,23 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         f"{API_PREFIX}/sessions",
         status_code=201,
         response_model=Session,
-        responses={**ERRORS, 404: {"model": ErrorBody, "description": "Unknown product"}},
+        responses={
+            **ERRORS,
+            404: {
+                "model": ErrorBody,
+                "description": "Unknown product",
+                **error_example(
+                    f"product_id {EXAMPLE_PRODUCT!r} has no size chart; check the product id"
+                ),
+            },
+        },
         summary="Start a try-on session and get a size recommendation",
     )
     async def start_session(
-        body: StartSession, request: Request, response: Response, _: Authorized
+        body: Annotated[StartSession, Body(openapi_examples=START_EXAMPLES)],
+        request: Request,
+        response: Response,
+        _: Authorized,
     ) -> Session:
         s = _services(request)
         chart = await anyio.to_thread.run_sync(s.charts.get, body.product_id)
@@ -298,8 +350,8 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         response_model=Session,
         responses={
             **ERRORS,
-            404: {"model": ErrorBody, "description": "Unknown session"},
-            503: {"model": ErrorBody, "description": "Event store unavailable (see Retry-After)"},
+            404: UNKNOWN_SESSION,
+            503: STORE_DOWN,
         },
         summary="Read a session, its recommendation and the feedback recorded so far",
     )
@@ -340,7 +392,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         response_model=FeedbackAccepted,
         responses={
             **ERRORS,
-            404: {"model": ErrorBody, "description": "Unknown session"},
+            404: UNKNOWN_SESSION,
             503: {
                 "model": ErrorBody,
                 "description": "Session unknown here and the event store "
@@ -350,7 +402,10 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         summary="Record the shopper's feedback on a size they tried",
     )
     async def record_feedback(
-        session_id: SessionId, body: Feedback, request: Request, _: Authorized
+        session_id: SessionId,
+        body: Annotated[Feedback, Body(openapi_examples=FEEDBACK_EXAMPLES)],
+        request: Request,
+        _: Authorized,
     ) -> FeedbackAccepted:
         s = _services(request)
         record = await _find_session(s, session_id)

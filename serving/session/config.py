@@ -14,6 +14,8 @@ environment (secrets and deployment knobs):
 - ``FITML_RATE_LIMIT``: requests per second per API key (default 50), and
   ``FITML_RATE_BURST`` (default 100).
 - ``FITML_CORS_ORIGINS``: comma-separated allowed origins (default: none).
+- ``FITML_SESSION_DOCS``: ``0`` turns off the browsable API docs (``/docs``, ``/redoc``,
+  ``/openapi.json``; on by default).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class SessionConfig(BaseModel):
     cors_origins: tuple[str, ...] = ()
     client: ClientSettings = ClientSettings()
     delivery_interval_s: float = Field(default=1.0, gt=0)
+    docs: bool = True
 
     @property
     def state_dir(self) -> Path:
@@ -175,4 +178,5 @@ def load_session_config(
         rate_per_s=_number(env, "FITML_RATE_LIMIT", 50.0),
         rate_burst=int(_number(env, "FITML_RATE_BURST", 100)),
         cors_origins=origins,
+        docs=env.get("FITML_SESSION_DOCS", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
