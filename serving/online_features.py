@@ -95,3 +95,48 @@ class OnlineReader:
                 proto = empty if read is None else read.get(name, empty)
                 values[name] = self._to_python(proto, value_type)
         return OnlineRow(values, times)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def check_reachable(settings: Any) -> None:
+    """Open the feature store of ``settings`` and read one row, or fail with what to do.
+
+    The prediction service calls this once before its workers start: a feature store it
+    cannot read stops the service with this message instead of restarting workers forever.
+
+    Raises:
+        FeatureStoreUnavailable: naming the store (registry, online store), the error and the
+            setting to fix.
+    """
+    from features.store import open_store
+    from ml_pipeline.errors import FeatureStoreUnavailable
+
+    try:
+        OnlineReader(open_store(settings)).read(None, "__fitml_probe__")
+    except Exception as exc:  # every failure here means "cannot serve"
+        if settings.profile == "local":
+            where = (
+                f"the local feature store of work directory {settings.workdir} "
+                f"({settings.feast_dir}/registry.db, online_store.db)"
+            )
+            fix = (
+                "set FITML_WORKDIR to a work directory where `fitml features apply` and "
+                "`fitml features materialize` ran (e.g. after `make demo`)"
+            )
+        else:
+            where = (
+                f"the prod feature store (Feast project {settings.feast.project!r}: SQL "
+                "registry and Redis online store)"
+            )
+            fix = (
+                "check that PostgreSQL and Redis answer and that FITML_FEAST_REGISTRY_URL, "
+                "FITML_REDIS and FITML_FEAST_PROJECT name them, and that the features were "
+                "applied and materialised there"
+            )
+        raise FeatureStoreUnavailable(
+            f"{where} cannot be read ({_first_line(exc)}); {fix}, then start the service again"
+        ) from exc
