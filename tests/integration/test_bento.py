@@ -57,6 +57,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+@pytest.mark.timeout(1800)  # the shared trained work dir is built first when run alone
 def test_built_bento_serves_its_models_and_fails_once_without_features(
     trained_workdir: Path, tmp_path: Path
 ) -> None:
