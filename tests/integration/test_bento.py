@@ -80,7 +80,9 @@ def test_built_bento_serves_its_models_and_fails_once_without_features(
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     names = [e["name"] for e in info["envs"]]
     assert sorted(names) == sorted(set(names)) and "FITML_PROFILE" in names, names
-    assert {m["name"] for m in info["models"]} >= {"fitml-fit-champion", "fitml-size-champion"}
+    models = [*info.get("models", []), *(m for s in info["services"] for m in s["models"])]
+    packed = {str(m.get("tag", m.get("name", ""))).split(":")[0] for m in models}
+    assert packed >= {"fitml-fit-champion", "fitml-size-champion"}, info
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
