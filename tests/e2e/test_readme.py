@@ -130,8 +130,9 @@ def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
                 process.wait()
 
     quick = outputs["Quickstart"]
-    assert '"recommended_size"' in quick
-    assert "No changes to registry" in quick and "Deleted" not in quick
+    plan = quick[quick.rfind('"recommended_size"') :]
+    assert '"recommended_size"' in quick, quick[-3000:]
+    assert "No changes to registry" in plan and "Deleted" not in plan, plan
     own = outputs["Your own data"]
     assert "# fitml data contract" in own
     summary = json.loads(own[own.index("{") : own.index("\n}\n") + 2])
