@@ -6,6 +6,8 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 WORKDIR  ?= var
 PORT     ?= 3000
+# Extra `fitml pipeline run` options for `make demo`, e.g. DEMO_ARGS="--users 400 --events 6000".
+DEMO_ARGS ?=
 # pip here is configured with extra local indexes that may be absent; keep its output quiet.
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
@@ -13,7 +15,9 @@ PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 	audit images
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v w='$(WORKDIR)' -v p='$(PORT)' \
+		'BEGIN {FS = ":.*?## "}; {gsub(/\$$\(WORKDIR\)/, w, $$2); gsub(/\$$\(PORT\)/, p, $$2); \
+		printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV)
@@ -32,7 +36,7 @@ lock: ## Re-resolve requirements.in into requirements.lock (needs uv)
 		-o requirements-runtime.lock
 
 demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
-	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR)
+	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR) $(DEMO_ARGS)
 
 test: setup ## Run the test suite with line coverage of the packages
 	$(VENV)/bin/pytest -q --cov --cov-report=term:skip-covered -m "not benchmark"

@@ -27,6 +27,7 @@ from features.definitions import (
     build_definitions,
     source_table,
 )
+from features.feast_repo import write_repo
 from features.transforms import request_features
 from ml_pipeline.settings import Settings, expand_env
 
@@ -142,6 +143,7 @@ def apply(settings: Settings) -> ApplyResult:
     else:
         definitions = build_definitions(source_dir)
     store.apply(definitions.objects())
+    write_repo(settings, None if postgres else source_dir)
     return ApplyResult(
         views=tuple(v.name for v in definitions.views),
         service=FEATURE_SERVICE,

@@ -17,7 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Synthetic data.", no_args_is_help=True)
+data_app = typer.Typer(help="Synthetic data and the data contract.", no_args_is_help=True)
 features_app = typer.Typer(help="The Feast feature store.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Every stage, in order.", no_args_is_help=True)
 benchmark_app = typer.Typer(help="Public benchmarks.", no_args_is_help=True)
@@ -33,6 +33,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(experiment_app, name="experiment")
+bento_app = typer.Typer(help="The prediction service as a Bento.", no_args_is_help=True)
+app.add_typer(bento_app, name="bento")
 
 Workdir = Annotated[
     Path, typer.Option("--workdir", "-w", help="Where everything the run writes lives.")
@@ -51,10 +53,10 @@ def _echo_json(data: Any) -> None:
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option(help="Directory to write the tables to.")],
-    users: Annotated[int, typer.Option(min=1)] = 4000,
-    products: Annotated[int, typer.Option(min=1)] = 300,
-    events: Annotated[int, typer.Option(min=1)] = 80_000,
-    seed: int = 0,
+    users: Annotated[int, typer.Option(min=1, help="Synthetic shoppers.")] = 4000,
+    products: Annotated[int, typer.Option(min=1, help="Synthetic products.")] = 300,
+    events: Annotated[int, typer.Option(min=1, help="Synthetic try-on events.")] = 80_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
     scenario: Annotated[
         str, typer.Option(help="baseline, population_shift, runs_small, unit_bug")
     ] = "baseline",
@@ -68,6 +70,24 @@ def data_generate(
     _echo_json({k: str(v) for k, v in paths.items()})
 
 
+@data_app.command("contract")
+def data_contract(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the Markdown here instead of printing it.")
+    ] = None,
+) -> None:
+    """Print the data contract (files, columns, types, units, allowed values) as Markdown."""
+    from ml_pipeline.contract_doc import render
+
+    text = render()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"data contract -> {out}")
+
+
 def _ingest(
     kind: str, path: Path, workdir: Path, summary: Path | None, max_reject_rate: float | None
 ) -> None:
@@ -75,6 +95,7 @@ def _ingest(
 
     func = {
         "synthetic": ingest.ingest_synthetic,
+        "tables": ingest.ingest_tables,
         "renttherunway": ingest.ingest_renttherunway,
         "modcloth": ingest.ingest_modcloth,
     }[kind]
@@ -111,6 +132,19 @@ def ingest_synthetic_cmd(
 ) -> None:
     """Ingest a directory written by `fitml data generate`."""
     _ingest("synthetic", path, workdir, summary, max_reject_rate)
+
+
+@ingest_app.command("tables")
+def ingest_tables_cmd(
+    path: Annotated[
+        Path, typer.Argument(help="Folder with users, products, events [, size_charts] files.")
+    ],
+    workdir: Workdir = DEFAULT_WORKDIR,
+    summary: SummaryOpt = None,
+    max_reject_rate: RejectOpt = None,
+) -> None:
+    """Ingest your own tables: <table>.parquet or <table>.csv, as `fitml data contract` says."""
+    _ingest("tables", path, workdir, summary, max_reject_rate)
 
 
 @ingest_app.command("renttherunway")
@@ -258,8 +292,8 @@ def promote(
 def serve(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
-    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve the prediction service (BentoML) until stopped.
 
@@ -290,11 +324,19 @@ def serve(
     os.execvpe(argv[0], argv, env)
 
 
+@bento_app.command("build")
+def bento_build(workdir: Workdir = DEFAULT_WORKDIR, profile: Profile = "local") -> None:
+    """Package the prediction service and the work dir's champion models; prints the tag."""
+    from serving.bento_build import build
+
+    typer.echo(build(_settings(workdir, profile)))
+
+
 @app.command("session-service")
 def session_service(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8000,
     prediction_url: Annotated[
         str | None,
         typer.Option("--prediction-url", help="Prediction service (default: the profile's port)."),
@@ -428,10 +470,10 @@ def monitoring_ui(
 def pipeline_run(
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
-    users: Annotated[int, typer.Option(min=1)] = 4000,
-    products: Annotated[int, typer.Option(min=1)] = 300,
-    events: Annotated[int, typer.Option(min=1)] = 80_000,
-    seed: int = 0,
+    users: Annotated[int, typer.Option(min=1, help="Synthetic shoppers.")] = 4000,
+    products: Annotated[int, typer.Option(min=1, help="Synthetic products.")] = 300,
+    events: Annotated[int, typer.Option(min=1, help="Synthetic try-on events.")] = 80_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials per model.")] = None,
     regenerate: Annotated[
         bool, typer.Option(help="Generate new raw data even if some exists.")
@@ -468,8 +510,10 @@ def benchmark_rtr(
     test_path: Annotated[
         Path | None, typer.Option("--test", help="Score here (default: a seeded 80/10/10 split).")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json")] = None,
-    seed: int = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the results to this JSON file.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the tuning.")] = 0,
     trials: Annotated[int | None, typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget, seconds.")] = None,
     protocol: Annotated[

@@ -50,6 +50,17 @@ class ConfigError(FitmlError):
     """A setting, profile or configuration file that is missing or invalid."""
 
 
+class IngestError(FitmlError):
+    """An input file that cannot be ingested at all (unreadable, or a required column missing).
+
+    The message names the file and the column; nothing has been written.
+    """
+
+
+class FeatureStoreUnavailable(FitmlError):
+    """The feature store cannot be read (a server down, or a work directory without one)."""
+
+
 class NotFoundError(FitmlError, KeyError):
     """Something looked up by name or id (a product, a model, a file) does not exist."""
 

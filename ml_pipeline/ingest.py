@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
 from ml_pipeline import adapters, contracts
-from ml_pipeline.errors import NotFoundError, RejectRateExceededError
+from ml_pipeline.errors import IngestError, NotFoundError, RejectRateExceededError
 
 TABLES: Final[tuple[str, ...]] = ("users", "products", "size_charts", "events")
 KEYS: Final[dict[str, list[str]]] = {
@@ -63,6 +64,9 @@ class IngestSummary:
     reject_rate: float = 0.0
     seconds: float = 0.0
     workdir: str = ""
+    examples: dict[str, str] = field(default_factory=dict)
+    """Quarantine reason -> the first row quarantined for it: file, row number, column and
+    value (when the input came from files: ``fitml ingest tables``)."""
 
     def to_json(self) -> str:
         """Return the summary as an indented JSON document."""
@@ -127,6 +131,24 @@ def _quarantine(workdir: Path, table: str, rejected: pd.DataFrame, source: str) 
     _write_atomic(merged, path)
 
 
+def _examples(
+    file: str, table: str, rejected: pd.DataFrame, seen: dict[str, str]
+) -> dict[str, str]:
+    """The first quarantined row of each new reason: ``<file> row <n>: <detail>``.
+
+    Rows are numbered from 1 after the header (the data row of a CSV file, the row of a
+    parquet file); rows rejected by validation keep their position as index.
+    """
+    out: dict[str, str] = {}
+    for index, row in rejected.iterrows():
+        key = f"{table}: {row['reason']}"
+        if key in seen or key in out:
+            continue
+        where = f"row {int(index) + 1}" if isinstance(index, int | np.integer) else "row ?"
+        out[key] = f"{file} {where}: {row['detail']}"
+    return out
+
+
 def _known(stored: pd.DataFrame | None, accepted: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     parts = [accepted[columns]]
     if stored is not None and not stored.empty:
@@ -143,8 +165,13 @@ def _ingest_tables(
     input_rows: dict[str, int] | None = None,
     max_reject_rate: float | None = None,
     started: float | None = None,
+    files: dict[str, str] | None = None,
 ) -> IngestSummary:
-    """Validate the four tables in dependency order, write accepted and quarantined rows."""
+    """Validate the four tables in dependency order, write accepted and quarantined rows.
+
+    ``files`` (table -> file read) makes each quarantined row's ``source`` its file and adds
+    an example per reason (file, row, column and value) to the summary.
+    """
     start = time.perf_counter() if started is None else started
     work = Path(workdir)
     stored = {t: _read_stored(offline_dir(work) / f"{t}.parquet") for t in TABLES}
@@ -177,7 +204,10 @@ def _ingest_tables(
             accepted = accepted.drop(columns="problems")
         merged = _merge(stored[table], accepted, KEYS[table])
         _write_atomic(merged, offline_dir(work) / f"{table}.parquet")
-        _quarantine(work, table, rejected, source)
+        file = (files or {}).get(table)
+        _quarantine(work, table, rejected, file or source)
+        if file is not None:
+            summary.examples.update(_examples(file, table, rejected, summary.examples))
         given = (input_rows or {}).get(table, len(tables[table]))
         summary.input[table] = int(given)
         summary.accepted[table] = len(accepted)
@@ -246,6 +276,98 @@ def ingest_synthetic(
         shutil.copyfile(truth, target)
     return _ingest_tables(
         tables, workdir, source="synthetic", max_reject_rate=max_reject_rate, started=start
+    )
+
+
+TABLE_FORMATS: Final[tuple[str, ...]] = ("parquet", "csv")
+"""The file formats of a retailer's own tables (``<table>.parquet`` or ``<table>.csv``)."""
+
+
+def _table_file(raw: Path, table: str) -> Path | None:
+    """The one file of ``table`` in ``raw`` (None when absent).
+
+    Raises:
+        IngestError: both a parquet and a CSV file of the table are there.
+    """
+    found = [raw / f"{table}.{fmt}" for fmt in TABLE_FORMATS if (raw / f"{table}.{fmt}").is_file()]
+    if len(found) > 1:
+        raise IngestError(
+            f"{raw} holds both {found[0].name} and {found[1].name}; keep one file per table"
+        )
+    return found[0] if found else None
+
+
+def read_table_file(path: Path, table: str) -> pd.DataFrame:
+    """Read one of a retailer's tables (parquet or CSV) and check it has the required columns.
+
+    CSV is read as text (an empty field is a missing value); the contract's types are applied
+    by validation, which quarantines the rows whose values do not convert.
+
+    Raises:
+        IngestError: the file cannot be read, or lacks a column the contract requires; the
+            message names the file and the column.
+    """
+    from ml_pipeline.contract_doc import contract_schemas
+
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            frame = pd.read_parquet(path)
+    except Exception as exc:  # any reader error becomes one clear message
+        raise IngestError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    contract = contract_schemas()[table]
+    missing = [n for n, c in contract.columns.items() if c.required and n not in frame.columns]
+    if missing:
+        raise IngestError(
+            f"{path}: missing required column {missing[0]!r} (found: "
+            f"{', '.join(frame.columns) or 'none'}); see docs/data-contract.md or "
+            "`fitml data contract`"
+        )
+    return frame
+
+
+def ingest_tables(
+    raw_dir: str | Path, workdir: str | Path, *, max_reject_rate: float | None = None
+) -> IngestSummary:
+    """Ingest a retailer's own tables: ``<table>.parquet`` or ``<table>.csv`` in ``raw_dir``.
+
+    ``users``, ``products`` and ``events`` are required, ``size_charts`` optional (see
+    ``docs/data-contract.md``). Rows that break the contract are quarantined as in every
+    ingestion, with the file they came from as ``source``; the summary's ``examples`` name
+    the file, row, column and value of the first row quarantined for each reason.
+
+    Raises:
+        NotFoundError: ``raw_dir`` is not a folder, or a required table has no file.
+        IngestError: a file is unreadable, lacks a required column, or is there twice.
+        RejectRateExceededError: as in :func:`ingest_synthetic`.
+    """
+    start = time.perf_counter()
+    raw = Path(raw_dir)
+    if not raw.is_dir():
+        raise NotFoundError(f"{raw} is not a folder; give the folder holding your table files")
+    files: dict[str, Path] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    for table in TABLES:
+        path = _table_file(raw, table)
+        if path is None:
+            if table == "size_charts":
+                tables[table] = adapters.empty_size_charts()
+                continue
+            raise NotFoundError(
+                f"no {table}.parquet or {table}.csv in {raw}; the contract "
+                "(docs/data-contract.md, `fitml data contract`) lists the files"
+            )
+        files[table] = path
+        tables[table] = read_table_file(path, table)
+    return _ingest_tables(
+        tables,
+        workdir,
+        source="tables",
+        max_reject_rate=max_reject_rate,
+        started=start,
+        files={t: str(p) for t, p in files.items()},
     )
 
 

@@ -1,4 +1,4 @@
-"""Column names of fitml's tables: the words every stage uses (see DESIGN.md, data contracts).
+"""Column names of fitml's tables: the words every stage uses (docs/data-contract.md).
 
 Raw tables (written by ``fitml data generate`` and the public-data adapters, read by
 ingestion) and the ingested offline tables under ``<workdir>/offline/`` share these columns.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 DEFAULT_WORKDIR = Path("var")
@@ -46,6 +46,12 @@ class OptunaSettings(_Strict):
     storage: str | None = None
     n_trials: int = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _blank_is_in_memory(cls, value: Any) -> Any:
+        """An empty storage (``${FITML_OPTUNA_STORAGE:-}`` unset) means in memory."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class TrainingSettings(_Strict):

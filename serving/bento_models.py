@@ -7,7 +7,7 @@ once per deployment, before the workers start (``bentoml serve``) or when packag
 and, when the store lacks it, imports that version: the model directory with the fitted
 encoder and the booster, exactly as training saved it, tagged
 ``fitml-<kind>-<alias>:v<version>``. Inside a built Bento there is no registry
-(``FITML_MODEL_SOURCE=store``): the packaged model is used as it is.
+(:func:`model_source` is ``store``): the packaged model is used as it is.
 
 The resolved tag is handed to the workers through the environment, so a worker loads the
 very version the deployment resolved and never imports MLflow (faster cold start).
@@ -15,9 +15,11 @@ very version the deployment resolved and never imports MLflow (faster cold start
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,7 +32,23 @@ from ml_pipeline.settings import Settings, load_settings
 
 KINDS: Final = ("fit", "size")
 SOURCE_ENV: Final = "FITML_MODEL_SOURCE"
-"""``registry`` (default): follow the MLflow aliases; ``store``: use the BentoML store only."""
+"""``registry``: follow the MLflow aliases; ``store``: use the BentoML store only. Default:
+``store`` inside a built Bento (its packaged models), ``registry`` anywhere else."""
+
+
+def bento_root() -> Path | None:
+    """The built Bento this code runs from (its folder holds ``bento.yaml``), or None.
+
+    A Bento packs the code under ``<bento>/src/``, so this module is then
+    ``<bento>/src/serving/bento_models.py``.
+    """
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "bento.yaml").is_file() else None
+
+
+def model_source() -> str:
+    """Where the service's models come from: ``FITML_MODEL_SOURCE``, else by where it runs."""
+    return os.environ.get(SOURCE_ENV) or ("store" if bento_root() is not None else "registry")
 
 
 def bento_name(kind: str, alias: str) -> str:
@@ -47,6 +65,21 @@ def settings_from_env() -> Settings:
     return load_settings(
         os.environ.get("FITML_PROFILE", "local"), os.environ.get("FITML_WORKDIR", "var")
     )
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off (it floods logs and captured build output)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
@@ -76,7 +109,7 @@ def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
         bentoml.models.delete(tag)  # an older version came back: re-import it as latest
     except NotFound:
         pass
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         local = Path(
             mlflow.artifacts.download_artifacts(f"models:/{registered}@{alias}", dst_path=tmp)
         )
@@ -120,7 +153,7 @@ class RegistryModel(BentoModel):
         if env in os.environ:
             return os.environ[env]
         tag = str(self.tag)
-        if os.environ.get(SOURCE_ENV, "registry") == "registry":
+        if model_source() == "registry":
             synced = import_alias(settings_from_env(), self.kind, self.alias)
             if synced is None:
                 raise NotFound(

@@ -95,3 +95,78 @@ class OnlineReader:
                 proto = empty if read is None else read.get(name, empty)
                 values[name] = self._to_python(proto, value_type)
         return OnlineRow(values, times)
+
+
+def _endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` of a URL (``postgresql+psycopg://u@h:5432/db``) or ``h:6379,db=1``."""
+    from urllib.parse import urlsplit
+
+    if "://" in text:
+        parts = urlsplit(text)
+        return parts.hostname or "127.0.0.1", parts.port or default_port
+    host, _, port = text.split(",")[0].partition(":")
+    return host or "127.0.0.1", int(port or default_port)
+
+
+def _problems(settings: Any) -> list[str]:
+    """What keeps the feature store of ``settings`` from being read (empty: nothing)."""
+    import os
+    import socket
+
+    import yaml
+
+    from ml_pipeline.settings import expand_env
+
+    raw = yaml.safe_load(settings.feast.config_file.read_text())
+    config = expand_env(raw, {**os.environ, "FITML_WORKDIR": str(settings.workdir)})
+    registry = config["registry"]
+    problems = []
+    if isinstance(registry, str):  # a file registry and a SQLite online store
+        for path in (registry, config["online_store"]["path"]):
+            if not os.path.isfile(path):
+                problems.append(f"{path} does not exist")
+        return problems
+    servers = {
+        "the SQL registry": _endpoint(registry["path"], 5432),
+        "the offline store": _endpoint(config["offline_store"]["url"], 5432),
+        "the Redis online store": _endpoint(config["online_store"]["connection_string"], 6379),
+    }
+    for name, (host, port) in servers.items():
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as exc:
+            problems.append(f"{name} at {host}:{port} does not answer ({exc.strerror or exc})")
+    return problems
+
+
+def check_reachable(settings: Any) -> None:
+    """Fail with what to do when the feature store of ``settings`` cannot be reached.
+
+    The prediction service calls this once before its workers start, so a feature store it
+    cannot read stops the service with this message instead of restarting workers forever.
+    The check is cheap (files exist, servers accept a connection; no Feast import), so it
+    adds nothing noticeable to a cold start.
+
+    Raises:
+        FeatureStoreUnavailable: naming the store, what is wrong and the setting to fix.
+    """
+    from ml_pipeline.errors import FeatureStoreUnavailable
+
+    problems = _problems(settings)
+    if not problems:
+        return
+    if settings.profile == "local":
+        where = f"the local feature store of work directory {settings.workdir}"
+        fix = (
+            "set FITML_WORKDIR to a work directory where `fitml features apply` and "
+            "`fitml features materialize` ran (e.g. var/ after `make demo`)"
+        )
+    else:
+        where = f"the prod feature store (Feast project {settings.feast.project!r})"
+        fix = (
+            "start PostgreSQL and Redis, or point FITML_FEAST_REGISTRY_URL, "
+            "FITML_FEAST_OFFLINE_URL and FITML_REDIS at them"
+        )
+    raise FeatureStoreUnavailable(
+        f"{where} cannot be read: {'; '.join(problems)}. To serve, {fix}, then start again."
+    )

@@ -123,6 +123,21 @@ class FitmlService:
         threshold = os.environ.get("FITML_GC_THRESHOLD")
         gc.set_threshold(*(tuple(map(int, threshold.split(","))) if threshold else GC_THRESHOLD))
 
+    @bentoml.on_deployment
+    def _check_feature_store() -> None:  # type: ignore[misc]
+        """Once, before any worker starts: stop with a clear message if features are unreadable.
+
+        Workers that cannot read the feature store would fail at start and be restarted
+        forever; this fails the deployment once instead.
+        """
+        from ml_pipeline.errors import FeatureStoreUnavailable
+        from serving.online_features import check_reachable
+
+        try:
+            check_reachable(settings_from_env())
+        except FeatureStoreUnavailable as exc:
+            raise SystemExit(f"fitml: error: {exc}") from None
+
     def __is_ready__(self) -> bool:
         """Ready once the models and the feature store are loaded."""
         return self.predictor.ready

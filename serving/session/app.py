@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, TypeVar, get_args
 
 import anyio
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Path, Request, Response, Security
+from fastapi import Body, FastAPI, Header, HTTPException, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -47,7 +47,11 @@ from serving.session.observability import (
     request_id_from,
 )
 from serving.session.schemas import (
+    EXAMPLE_PRODUCT,
+    EXAMPLE_SESSION,
+    FEEDBACK_EXAMPLES,
     ID_PATTERN,
+    START_EXAMPLES,
     Area,
     ErrorBody,
     Feedback,
@@ -56,6 +60,7 @@ from serving.session.schemas import (
     Session,
     SizeOption,
     StartSession,
+    error_example,
 )
 from serving.session.security import KeyRing, RateLimiter
 from serving.session.store import (
@@ -190,14 +195,42 @@ def idempotency_key(event_id: str | None, header: str | None) -> str:
     return key
 
 
-SessionId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+SessionId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, examples=[EXAMPLE_SESSION])
+]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or unknown API key or bearer token"},
+    401: {
+        "model": ErrorBody,
+        "description": "Missing or unknown API key or bearer token",
+        **error_example(
+            f"missing or unknown API key: send a valid key in the {API_KEY_HEADER} header"
+        ),
+    },
     403: {"model": ErrorBody, "description": "The bearer token lacks this route's scope"},
     413: {"model": ErrorBody, "description": "Request body too large"},
-    422: {"model": ErrorBody, "description": "Invalid request: names the field and the problem"},
-    429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid request: names the field and the problem",
+        **error_example("body.product_id: String should have at least 1 character"),
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "Rate limit exceeded (see Retry-After)",
+        **error_example("rate limit of this API key exceeded; retry after 1 s"),
+    },
+}
+UNKNOWN_SESSION: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "Unknown session",
+    **error_example(f"session_id {EXAMPLE_SESSION!r} does not exist"),
+}
+STORE_DOWN: dict[str, Any] = {
+    "model": ErrorBody,
+    "description": "Event store unavailable (see Retry-After)",
+    **error_example(
+        f"the event store is unavailable right now; retry after {STORE_RETRY_AFTER_S} s"
+    ),
 }
 
 
@@ -209,8 +242,15 @@ def _unavailable(what: str) -> HTTPException:
     )
 
 
-def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ()) -> FastAPI:
-    """The session service app (``services=None`` only to export the OpenAPI document)."""
+def create_app(
+    services: Services | None, *, cors_origins: tuple[str, ...] = (), docs: bool = True
+) -> FastAPI:
+    """The session service app (``services=None`` only to export the OpenAPI document).
+
+    With ``docs`` the API is browsable without a key: ``/docs`` (Swagger UI, where
+    "Authorize" takes the API key and "Try it out" sends the examples), ``/redoc`` and
+    ``/openapi.json``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,9 +277,9 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
             "read, feedback; admin for /metrics)."
         ),
         lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.services = services
     if services is not None:  # credentials and limits before any body is read
@@ -338,10 +378,23 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         f"{API_PREFIX}/sessions",
         status_code=201,
         response_model=Session,
-        responses={**ERRORS, 404: {"model": ErrorBody, "description": "Unknown product"}},
+        responses={
+            **ERRORS,
+            404: {
+                "model": ErrorBody,
+                "description": "Unknown product",
+                **error_example(
+                    f"product_id {EXAMPLE_PRODUCT!r} has no size chart; check the product id"
+                ),
+            },
+        },
         summary="Start a try-on session and get a size recommendation",
     )
-    async def start_session(body: StartSession, request: Request, _: CanStart) -> Response:
+    async def start_session(
+        body: Annotated[StartSession, Body(openapi_examples=START_EXAMPLES)],
+        request: Request,
+        _: CanStart,
+    ) -> Response:
         s = _services(request)
         chart = s.charts.loaded(body.product_id)  # in memory: no thread hand-off
         if chart is None:
@@ -401,8 +454,8 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
         response_model=Session,
         responses={
             **ERRORS,
-            404: {"model": ErrorBody, "description": "Unknown session"},
-            503: {"model": ErrorBody, "description": "Event store unavailable (see Retry-After)"},
+            404: UNKNOWN_SESSION,
+            503: STORE_DOWN,
         },
         summary="Read a session, its recommendation and the feedback recorded so far",
     )
@@ -448,7 +501,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
                 "description": "No idempotency key (event_id or Idempotency-Key), or two that "
                 "differ",
             },
-            404: {"model": ErrorBody, "description": "Unknown session"},
+            404: UNKNOWN_SESSION,
             503: {
                 "model": ErrorBody,
                 "description": "Session unknown here and the event store "
@@ -459,7 +512,7 @@ def create_app(services: Services | None, *, cors_origins: tuple[str, ...] = ())
     )
     async def record_feedback(
         session_id: SessionId,
-        body: Feedback,
+        body: Annotated[Feedback, Body(openapi_examples=FEEDBACK_EXAMPLES)],
         request: Request,
         _: CanGiveFeedback,
         idempotency: IdempotencyHeader = None,

@@ -25,6 +25,8 @@ environment (secrets and deployment knobs):
   ``FITML_BODY_TIMEOUT_S`` and ``FITML_HEADER_TIMEOUT_S`` (10): request limits.
 
 Files named by ``*_FILE`` variables are re-read when they change (see :mod:`serving.secrets`).
+- ``FITML_SESSION_DOCS``: ``0`` turns off the browsable API docs (``/docs``, ``/redoc``,
+  ``/openapi.json``; on by default).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class SessionConfig(BaseModel):
     cors_origins: tuple[str, ...] = ()
     client: ClientSettings = ClientSettings()
     delivery_interval_s: float = Field(default=1.0, gt=0)
+    docs: bool = True
 
     @property
     def state_dir(self) -> Path:
@@ -232,4 +235,5 @@ def load_session_config(
         rate_per_s=_number(env, "FITML_RATE_LIMIT", 50.0),
         rate_burst=int(_number(env, "FITML_RATE_BURST", 100)),
         cors_origins=origins,
+        docs=env.get("FITML_SESSION_DOCS", "1").strip().lower() not in ("0", "false", "no", "off"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,46 @@ def storable_text(value: str) -> str:
 
 
 StorableText = Annotated[str, Field(max_length=500), AfterValidator(storable_text)]
+
+
+EXAMPLE_USER: Final = "u000123"
+EXAMPLE_PRODUCT: Final = "p0030"
+EXAMPLE_SESSION: Final = "3f2b9c1e5d7a4e0f9b8c6d5e4f3a2b1c"
+
+START_EXAMPLES: Final[dict[str, Any]] = {
+    "known_shopper": {
+        "summary": "A known shopper",
+        "description": "The prediction service reads the shopper's profile and fit history.",
+        "value": {"user_id": EXAMPLE_USER, "product_id": EXAMPLE_PRODUCT},
+    },
+    "guest": {
+        "summary": "A guest with measurements",
+        "description": "No account: the measurements the shopper typed, metric.",
+        "value": {
+            "product_id": EXAMPLE_PRODUCT,
+            "measurements": {"height_cm": 178, "chest_cm": 98, "waist_cm": 84},
+            "fit_preference": "regular",
+        },
+    },
+}
+"""Request examples of ``POST /api/v1/tryon/sessions`` (OpenAPI and the Postman collection)."""
+
+FEEDBACK_EXAMPLES: Final[dict[str, Any]] = {
+    "too_small": {
+        "summary": "The size tried was too small",
+        "value": {
+            "event_id": "ev-7f3c2a",
+            "size": "M",
+            "outcome": "too_small",
+            "notes": {"chest": "tight across the chest"},
+        },
+    },
+    "fit": {
+        "summary": "The size fits",
+        "value": {"event_id": "ev-9a1d4b", "size": "L", "outcome": "fit"},
+    },
+}
+"""Request examples of ``POST /api/v1/tryon/sessions/{session_id}/feedback``."""
 
 
 class StartSession(BaseModel):
@@ -81,6 +121,45 @@ class FeedbackOut(BaseModel):
 class Session(BaseModel):
     """A try-on session and the recommendation it was given."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": EXAMPLE_SESSION,
+                    "created_at": "2026-11-30T14:05:12.345Z",
+                    "product_id": EXAMPLE_PRODUCT,
+                    "guest": False,
+                    "recommended_size": "L",
+                    "confidence": 0.71,
+                    "runner_up": "M",
+                    "fit_note": "runs small in the chest: between sizes, size up",
+                    "sizes": [
+                        {
+                            "size": "M",
+                            "size_index": 3,
+                            "p_too_small": 0.41,
+                            "p_fit": 0.55,
+                            "p_too_large": 0.04,
+                        },
+                        {
+                            "size": "L",
+                            "size_index": 4,
+                            "p_too_small": 0.12,
+                            "p_fit": 0.71,
+                            "p_too_large": 0.17,
+                        },
+                    ],
+                    "degraded": False,
+                    "degraded_reason": None,
+                    "fallbacks": [],
+                    "model_versions": {"fit_model": "3", "size_model": "3"},
+                    "prediction_request_id": "9c1d0e2f4a3b",
+                    "feedback": [],
+                }
+            ]
+        }
+    )
+
     session_id: str
     created_at: datetime
     product_id: str
@@ -123,6 +202,14 @@ class Feedback(BaseModel):
 class FeedbackAccepted(BaseModel):
     """Feedback was accepted: stored durably, delivered to the stores as soon as they answer."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"event_id": "ev-7f3c2a", "session_id": EXAMPLE_SESSION, "status": "accepted"}
+            ]
+        }
+    )
+
     event_id: str
     session_id: str
     status: Literal["accepted", "duplicate"]
@@ -131,4 +218,15 @@ class FeedbackAccepted(BaseModel):
 class ErrorBody(BaseModel):
     """The body of every 4xx/5xx answer: what was wrong and what to do."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"detail": "body.product_id: String should have at least 1 character"}]
+        }
+    )
+
     detail: str
+
+
+def error_example(detail: str) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry's example of an error body saying ``detail``."""
+    return {"content": {"application/json": {"example": {"detail": detail}}}}

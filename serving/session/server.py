@@ -107,7 +107,9 @@ def service_tokens(config: SessionConfig) -> ServiceTokens:
 
 def build_app(config: SessionConfig, push: PushFn | None = None) -> FastAPI:
     """The app with its services built from ``config``."""
-    return create_app(build_services(config, push), cors_origins=config.cors_origins)
+    return create_app(
+        build_services(config, push), cors_origins=config.cors_origins, docs=config.docs
+    )
 
 
 def serve(config: SessionConfig, port: int = 8000, host: str = "127.0.0.1") -> None:
