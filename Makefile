@@ -9,7 +9,7 @@ PORT     ?= 3000
 # pip here is configured with extra local indexes that may be absent; keep its output quiet.
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
-.PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean
+.PHONY: help setup lock demo test test-fast lint serve bench bench-scale drift-calibrate benchmark-rtr clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,11 @@ bench: setup ## Benchmarks (needs `make demo` first); JSON results under $(WORKD
 		--workdir $(WORKDIR)/bench/features-work
 	FITML_BENCH_DIR=$(abspath $(WORKDIR))/bench FITML_BENCH_WORKDIR=$(abspath $(WORKDIR)) \
 		$(VENV)/bin/pytest -q -m benchmark tests/benchmarks -s -p no:cacheprovider
+
+bench-scale: setup ## Cost curves 0.25M..16M events, local vs Dask (hours; data cached)
+	mkdir -p $(WORKDIR)/bench
+	nice -n 10 $(PY) -m tests.benchmarks.bench_scale --out $(WORKDIR)/bench/scale.json \
+		--cache $(WORKDIR)/bench/scale-data
 
 drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds (~20 min)
 	$(PY) -m evaluation.calibrate_drift --out $(WORKDIR)/bench/drift_calibration.json
