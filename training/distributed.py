@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +97,35 @@ class QueuedTrialsStorage(RDBStorage):
         if template_trial is None:
             raise StudyFullError(f"study {study_id} has no queued trial left")
         return super()._create_new_trial(study_id, template_trial)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials past the grace period: without a recent heartbeat, or without any.
+
+        Optuna skips a running trial that never beat, so a worker killed between taking a
+        trial and its first heartbeat would leave that trial running forever; here such a
+        trial is stale once it started more than ``grace_period`` seconds ago.
+        """
+        import sqlalchemy.orm
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = list(super()._get_stale_trial_ids(study_id))
+        assert self.heartbeat_interval is not None
+        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        now = datetime.now()  # the clock Optuna stamps datetime_start with
+        with _create_scoped_session(self.scoped_session) as session:
+            running = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            for trial in running:
+                started = trial.datetime_start
+                if not trial.heartbeats and started is not None and now - started > grace:
+                    stale.append(trial.trial_id)
+        return stale
 
 
 def shared_storage(
@@ -332,7 +362,9 @@ def run_tune_worker(
             # A peer is still running a trial: wait for it, or for its heartbeat to go
             # stale, in which case its trial is failed and queued again for us to run.
             time.sleep(spec.heartbeat_interval)
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
     trials_run = _count(study, _FINISHED) - mine_before
     return WorkerReport(study_name, trials_run, run_id, time.perf_counter() - started)
 
@@ -569,7 +601,7 @@ def fit_on_dask(
     from lightgbm.dask import DaskLGBMClassifier, DaskLGBMRegressor
 
     paths: Any = [str(p) for p in data] if isinstance(data, list | tuple) else str(data)
-    needed = [*model.features, "outcome", "size_index", "event_timestamp"]
+    needed = list(dict.fromkeys([*model.features, "outcome", "size_index", "event_timestamp"]))
     ddf = dd.read_parquet(paths, columns=needed, split_row_groups=True)
     if before is not None:
         ddf = ddf[ddf["event_timestamp"] < before]

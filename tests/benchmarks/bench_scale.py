@@ -274,6 +274,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every size and phase in order, rewriting ``args.out`` after each phase."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {}
+    if args.resume and out.is_file():  # keep the sizes a previous run finished
+        done = {
+            n: e
+            for n, e in json.loads(out.read_text())["sizes"].items()
+            if all((e.get(p) or {}).get("exit_code") == 0 for p in PHASES)
+        }
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -287,6 +294,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     db_name, optuna_url = _create_database(dsn)
     try:
         for events in [int(s) for s in args.sizes.split(",")]:
+            if str(events) in done:
+                report["sizes"][str(events)] = done[str(events)]
+                continue
             entry: dict[str, Any] = {"events": events, "users_products": shape(events)}
             report["sizes"][str(events)] = entry
             need = events / 1e6 * args.gb_per_million
@@ -428,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
         help="Stop before a size needing more memory than is available.",
     )
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="Keep the sizes --out already holds in full."
+    )
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--phase-out", help=argparse.SUPPRESS)

@@ -133,7 +133,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(
         test_start=(pd.Timestamp(valid["event_timestamp"].max()) + pd.Timedelta(1)).isoformat(),
         seed=0,
         num_threads=1,
-        max_rounds=400,
+        max_rounds=100,
         n_trials=4,
         heartbeat_interval=1,
         grace_period=3,
@@ -152,18 +152,18 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(
     victim = start(0)
     survivor = None
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and victim.poll() is None:
             if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 break
             time.sleep(0.05)
-        survivor = start(1)
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL)  # mid-trial: its trial was just seen running
         victim.wait(10)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        assert len(running) == 1, "the victim was not in a trial when killed"
+        assert len(running) == 1, (tmp_path / "worker-0.log").read_text()[-3000:]
         lost = running[0].number
-        assert survivor.wait(240) == 0, (tmp_path / "worker-1.log").read_text()[-3000:]
+        survivor = start(1)
+        assert survivor.wait(600) == 0, (tmp_path / "worker-1.log").read_text()[-3000:]
     finally:
         for proc in (victim, survivor):
             if proc is not None and proc.poll() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,21 @@ def test_cost_exponent_and_the_size_where_dask_pays_off() -> None:
     assert summary["dask_over_local"]["wall_s"]["100000"] == pytest.approx(3.5)
     assert summary["dask_faster_from_events"] == 1_000_000
     assert summary["exponents"]["local.wall_s"] == pytest.approx(1.0)
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queued_again(
+    tmp_path: Path,
+) -> None:
+    storage = shared_storage(
+        f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=2
+    )
+    study = create_shared_study(storage, "orphan", _spec(1))
+    orphan = study.ask()  # taken, then its worker vanished: running, never a heartbeat
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.RUNNING  # in grace
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.WAITING]
+    assert trials[1].system_attrs["failed_trial"] == orphan.number
