@@ -124,7 +124,7 @@ class QueuedTrialsStorage(RDBStorage):
             for trial in running:
                 started = trial.datetime_start
                 if not trial.heartbeats and started is not None and now - started > grace:
-                    stale.append(trial.trial_id)
+                    stale.append(int(trial.trial_id))
         return stale
 
 
