@@ -11,8 +11,8 @@ DEMO_ARGS ?=
 # pip here is configured with extra local indexes that may be absent; keep its output quiet.
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
-.PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean \
-	audit images
+.PHONY: help setup lock demo test test-fast lint serve bench bench-scale drift-calibrate \
+	benchmark-rtr clean audit images
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v w='$(WORKDIR)' -v p='$(PORT)' \
@@ -59,6 +59,11 @@ bench: setup ## Benchmarks (needs `make demo` first); JSON results under $(WORKD
 	FITML_BENCH_DIR=$(abspath $(WORKDIR))/bench FITML_BENCH_WORKDIR=$(abspath $(WORKDIR)) \
 		$(VENV)/bin/pytest -q -m benchmark tests/benchmarks -s -p no:cacheprovider
 
+bench-scale: setup ## Cost curves 0.25M..16M events, local vs Dask (hours; data cached)
+	mkdir -p $(WORKDIR)/bench
+	nice -n 10 $(PY) -m tests.benchmarks.bench_scale --out $(WORKDIR)/bench/scale.json \
+		--cache $(WORKDIR)/bench/scale-data
+
 drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds (~20 min)
 	$(PY) -m evaluation.calibrate_drift --out $(WORKDIR)/bench/drift_calibration.json
 
@@ -75,7 +80,7 @@ audit: setup ## Static analysis (bandit, against the triaged baseline) and depen
 
 IMAGE_TAG  ?= latest
 BASE_IMAGE ?= python:3.11-slim-bookworm
-images: ## Build fitml-{prediction,session,job}:$(IMAGE_TAG) with docker, else podman (BASE_IMAGE=...)
+images: ## Build fitml-{prediction,session,job} images with docker, else podman (IMAGE_TAG=, BASE_IMAGE=)
 	@engine=$$(command -v docker || command -v podman); \
 	for target in prediction session job; do \
 		BUILDAH_FORMAT=docker $$engine build --target $$target --build-arg BASE_IMAGE=$(BASE_IMAGE) \

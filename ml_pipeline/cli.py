@@ -210,11 +210,28 @@ def train(
     profile: Profile = "local",
     trials: Annotated[int | None, typer.Option(help="Optuna trials per model.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget per model, seconds.")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Tuning worker processes on one shared Optuna study.")
+    ] = 1,
+    engine: Annotated[
+        str, typer.Option(help="Fit the final models here (local) or with lightgbm.dask (dask).")
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (default with --engine dask: a LocalCluster)."),
+    ] = None,
 ) -> None:
     """Tune and train both models, log them to MLflow and register them as challenger."""
     from training.train import train as run_train
 
-    result = run_train(_settings(workdir, profile), n_trials=trials, timeout_s=timeout)
+    result = run_train(
+        _settings(workdir, profile),
+        n_trials=trials,
+        timeout_s=timeout,
+        workers=workers,
+        engine=engine,
+        scheduler=scheduler,
+    )
     _echo_json(
         {
             "run_id": result.run_id,
@@ -223,6 +240,38 @@ def train(
             "metrics": result.metrics,
         }
     )
+
+
+@app.command("tune-worker")
+def tune_worker(
+    study: Annotated[str, typer.Option(help="The shared study to take trials from.")],
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna database URL (default: the profile's).")
+    ] = None,
+    index: Annotated[
+        int | None, typer.Option(help="Distinct per worker; seeds it (default: the pid).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The study's training rows, if elsewhere on this host.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Run queued trials of a shared study (made by `fitml train --workers N`) until done."""
+    from training.distributed import run_tune_worker
+
+    url = storage or _settings(workdir, profile).optuna.storage
+    if url is None:
+        raise typer.BadParameter("no Optuna database: pass --storage or use the prod profile")
+    report = run_tune_worker(
+        url,
+        study,
+        worker_index=index,
+        data_path=None if data is None else str(data),
+        timeout_s=timeout,
+    )
+    _echo_json(report.__dict__)
 
 
 @app.command()

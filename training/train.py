@@ -82,7 +82,12 @@ def _tune(
     settings: Settings,
     n_trials: int,
     timeout_s: float | None,
+    workers: int = 1,
 ) -> tuple[_Model, TuningResult]:
+    if workers > 1:  # trials in `fitml tune-worker` processes sharing one study
+        from training.distributed import tune_model_in_workers
+
+        return tune_model_in_workers(model, train, valid, settings, n_trials, timeout_s, workers)
     encoder = TabularEncoder(model.features, CATEGORICAL_FEATURES).fit(train)
     if isinstance(model, FitModel):
         targets = (FitModel.labels(train["outcome"]), FitModel.labels(valid["outcome"]))
@@ -135,6 +140,9 @@ def train(
     n_trials: int | None = None,
     timeout_s: float | None = None,
     windows: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
+    workers: int = 1,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> TrainResult:
     """Tune and fit both models on the work directory's training set, then register them.
 
@@ -145,8 +153,19 @@ def train(
         timeout_s: tuning time budget per model in seconds (default: the profile's).
         windows: train, validation and test rows of another protocol (a public benchmark's
             random split); default: the time windows of ``frame``.
+        workers: tuning worker processes sharing one study in the profile's Optuna database
+            (1: tune in this process); see :mod:`training.distributed`.
+        engine: ``local`` fits the final models in this process, ``dask`` with
+            ``lightgbm.dask`` on a Dask cluster.
+        scheduler: the Dask scheduler address for ``engine="dask"`` (default: a local
+            cluster of two worker processes).
     """
+    if engine not in ("local", "dask"):
+        from ml_pipeline.errors import InvalidValueError
+
+        raise InvalidValueError("engine", engine, "is not known", "use local or dask")
     started = time.perf_counter()
+    from_workdir = frame is None
     frame = load_training_set(settings) if frame is None else frame
     split = time_split(frame)
     train_rows, valid_rows, test_rows = split.windows(frame) if windows is None else windows
@@ -167,14 +186,21 @@ def train(
             }
         )
         fit_model, fit_tuning = _tune(
-            FitModel(), train_rows, valid_rows, settings, n_trials, timeout_s
+            FitModel(), train_rows, valid_rows, settings, n_trials, timeout_s, workers
         )
         size_model, size_tuning = _tune(
-            SizeModel(), train_rows, valid_rows, settings, n_trials, timeout_s
+            SizeModel(), train_rows, valid_rows, settings, n_trials, timeout_s, workers
         )
         fit_rows = pd.concat([train_rows, valid_rows])
-        fit_model.fit(fit_rows)
-        size_model.fit(fit_rows)
+        if engine == "dask":
+            from training.distributed import fit_models_on_dask
+
+            mlflow.set_tag("fitml.engine", "dask")
+            source = settings.workdir / TRAINING_SET_FILE if from_workdir else fit_rows
+            fit_models_on_dask([fit_model, size_model], source, split, scheduler)
+        else:
+            fit_model.fit(fit_rows)
+            size_model.fit(fit_rows)
         evaluation = evaluate(
             test_rows, fit_model, size_model, load_truth(settings), fit_rows, seed=settings.seed
         )

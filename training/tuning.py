@@ -127,18 +127,21 @@ def class_sample_weights(y: np.ndarray, power: float, num_class: int) -> np.ndar
     return np.asarray(weights / weights.mean(), dtype=np.float64)
 
 
-def _make_storage(storage: str | None) -> str | optuna.storages.BaseStorage | None:
+def _make_storage(
+    storage: str | optuna.storages.BaseStorage | None,
+) -> str | optuna.storages.BaseStorage | None:
     """Turn fitml's storage setting into what ``optuna.create_study`` accepts.
 
     Args:
-        storage: ``None`` (in memory), a database URL (``sqlite:///...``, ``postgresql://...``)
-            or the path of a journal file (anything else, e.g. ``var/optuna.journal``).
+        storage: ``None`` (in memory), a database URL (``sqlite:///...``, ``postgresql://...``),
+            the path of a journal file (anything else, e.g. ``var/optuna.journal``), or a
+            storage object (e.g. the shared storage of :mod:`training.distributed`).
 
     Returns:
-        ``None``, the URL unchanged, or a :class:`optuna.storages.JournalStorage`.
+        ``None``, the URL or storage unchanged, or a :class:`optuna.storages.JournalStorage`.
     """
-    if storage is None:
-        return None
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
     if not storage.strip():
         raise InvalidValueError(
             "storage",
@@ -353,7 +356,7 @@ def tune_lightgbm(
     n_trials: int = 20,
     timeout_s: float | None = None,
     seed: int = 0,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     categorical: Sequence[str] = (),
     base_params: Mapping[str, Any] | None = None,
