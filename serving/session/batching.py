@@ -38,6 +38,7 @@ class GroupCommit(Generic[T]):
         self.max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._writing = False
+        self._drainer: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
 
@@ -47,7 +48,8 @@ class GroupCommit(Generic[T]):
         self._pending.append((item, future))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._drain())
+            # held until done: the event loop keeps only a weak reference to its tasks
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         await future
 
     async def _drain(self) -> None:

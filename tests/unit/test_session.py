@@ -352,7 +352,7 @@ def test_session_feedback_and_read_back(up: TestClient) -> None:
     unknown = up.post("/api/v1/tryon/sessions", json={"user_id": "U1", "product_id": "P9"})
     assert unknown.status_code == 404 and "P9" in unknown.json()["detail"]
     metrics = up.get("/metrics").text
-    assert 'fitml_session_sessions_started_total{degraded="false"} 1.0' in metrics
+    assert 'fitml_session_sessions_started_total{degraded="false"} 1.0' in metrics, metrics
     assert 'fitml_session_feedback_total{outcome="too_small"} 1.0' in metrics
 
 
