@@ -10,7 +10,7 @@ PORT     ?= 3000
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
 .PHONY: help setup lock demo test test-fast lint serve bench drift-calibrate benchmark-rtr clean \
-	audit images
+	audit images secrets
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,15 @@ images: ## Build fitml-{prediction,session,job}:$(IMAGE_TAG) with docker, else p
 		BUILDAH_FORMAT=docker $$engine build --target $$target --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 			-t fitml-$$target:$(IMAGE_TAG) . || exit 1; \
 	done
+
+SECRETS_DIR ?= .secrets
+secrets: ## Random pseudonym key, service token, API key under $(SECRETS_DIR)/ (git-ignored; kept if present)
+	@mkdir -p $(SECRETS_DIR) && chmod 700 $(SECRETS_DIR)
+	@test -s $(SECRETS_DIR)/pseudonym_key || python3 -c 'import secrets; print(f"k1:{secrets.token_hex(32)}")' > $(SECRETS_DIR)/pseudonym_key
+	@test -s $(SECRETS_DIR)/service_token || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/service_token
+	@test -s $(SECRETS_DIR)/api_keys || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/api_keys
+	@chmod 644 $(SECRETS_DIR)/pseudonym_key $(SECRETS_DIR)/service_token $(SECRETS_DIR)/api_keys  # read by the images' user (uid 10001)
+	@echo "secrets in $(SECRETS_DIR)/: pseudonym_key service_token api_keys"
 
 clean: ## Remove the work directory (keeps .venv)
 	rm -rf $(WORKDIR)
