@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
 .PHONY: help setup lock demo test test-fast lint serve bench bench-scale drift-calibrate \
-	benchmark-rtr clean audit images
+	benchmark-rtr clean audit images secrets
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v w='$(WORKDIR)' -v p='$(PORT)' \
@@ -86,6 +86,15 @@ images: ## Build fitml-{prediction,session,job} images with docker, else podman 
 		BUILDAH_FORMAT=docker $$engine build --target $$target --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 			-t fitml-$$target:$(IMAGE_TAG) . || exit 1; \
 	done
+
+SECRETS_DIR ?= .secrets
+secrets: ## Random pseudonym key, service token, API key under $(SECRETS_DIR)/ (git-ignored; kept if present)
+	@mkdir -p $(SECRETS_DIR) && chmod 700 $(SECRETS_DIR)
+	@test -s $(SECRETS_DIR)/pseudonym_key || python3 -c 'import secrets; print(f"k1:{secrets.token_hex(32)}")' > $(SECRETS_DIR)/pseudonym_key
+	@test -s $(SECRETS_DIR)/service_token || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/service_token
+	@test -s $(SECRETS_DIR)/api_keys || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/api_keys
+	@chmod 644 $(SECRETS_DIR)/pseudonym_key $(SECRETS_DIR)/service_token $(SECRETS_DIR)/api_keys  # read by the images' user (uid 10001)
+	@echo "secrets in $(SECRETS_DIR)/: pseudonym_key service_token api_keys"
 
 clean: ## Remove the work directory (keeps .venv)
 	rm -rf $(WORKDIR)

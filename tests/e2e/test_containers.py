@@ -58,7 +58,7 @@ CONTEXT = (
     "evaluation",
 )
 WORKDIR = "/var/lib/fitml"
-API_KEY = "container-e2e-key"
+SECRETS = "/run/secrets/fitml"
 TRAIN_ARGS = ["pipeline", "run", "--profile", "prod", "--users", "400", "--products", "30"]
 TRAIN_ARGS += ["--events", "5000", "--seed", "11", "--trials", "1"]
 
@@ -203,11 +203,15 @@ def test_images_train_serve_and_take_feedback(
     workdir = tmp_path / "var"
     workdir.mkdir()
     workdir.chmod(0o777)  # the images run as the unprivileged user fitml (uid 10001)
-    keys = tmp_path / "api_keys"
-    keys.write_text(f"{API_KEY}\n")
-    keys.chmod(0o644)
-    volumes = {str(workdir): WORKDIR}
-    env = dict(prod_stack.env)
+    # The deployment's secrets (pseudonym key, service token, API keys) mounted read-only at
+    # /run/secrets/fitml, as the compose file and the Kubernetes manifests mount them.
+    secrets_dir = prod_stack.secret_files["FITML_API_KEYS_FILE"].parent
+    api_key = prod_stack.secret_files["FITML_API_KEYS_FILE"].read_text().strip()
+    volumes = {str(workdir): WORKDIR, str(secrets_dir): f"{SECRETS}:ro"}
+    env = {
+        **prod_stack.env,
+        **{var: f"{SECRETS}/{path.name}" for var, path in prod_stack.secret_files.items()},
+    }
 
     # The job image trains a champion (tiny data, one trial) into PostgreSQL and Redis.
     containers.run(
@@ -243,9 +247,8 @@ def test_images_train_serve_and_take_feedback(
             **env,
             "FITML_PORT": str(session_port),
             "FITML_PREDICTION_URL": f"http://127.0.0.1:{prediction_port}",
-            "FITML_API_KEYS_FILE": "/run/secrets/api_keys",
         },
-        volumes={**volumes, str(keys): "/run/secrets/api_keys:ro"},
+        volumes=volumes,
     )
     session_ready_s = containers.wait_healthy("session")
     for role in ("prediction", "session"):
@@ -254,10 +257,10 @@ def test_images_train_serve_and_take_feedback(
     examples = (workdir / "examples" / "recommend.jsonl").read_text().splitlines()
     body = next(b for b in map(json.loads, examples) if b.get("user_id"))
     user, product = body["user_id"], body["product_id"]
-    settings = load_settings("prod", workdir, env={**os.environ, **env})
+    settings = load_settings("prod", workdir, env=dict(os.environ))
     before = online_features(open_store(settings), user, product)
 
-    result = run_smoke(f"http://127.0.0.1:{session_port}", API_KEY, body, outcome="too_small")
+    result = run_smoke(f"http://127.0.0.1:{session_port}", api_key, body, outcome="too_small")
 
     # The feedback is in the PostgreSQL event store ...
     table = f"{prod_stack.env['FITML_SESSION_TABLES']}_events"

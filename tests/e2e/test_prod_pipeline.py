@@ -84,8 +84,17 @@ def test_prod_pipeline_trains_on_empty_databases_and_serves_from_redis(
         ready_timeout_s=180,
     )
     body = json.loads((workdir / "examples" / "recommend.jsonl").read_text().splitlines()[0])
+    # The prod profile's secrets are in force: the service token (prod_stack's file) is checked.
+    token = prod_stack.secret_files["FITML_SERVICE_TOKEN_FILE"].read_text().strip()
     with service:
-        answer = httpx.post(f"{service.url}/recommend", json=body, timeout=10)
+        refused = httpx.post(f"{service.url}/recommend", json=body, timeout=10)
+        answer = httpx.post(
+            f"{service.url}/recommend",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+    assert refused.status_code == 401, refused.text
     assert answer.status_code == 200, answer.text
     assert answer.json()["recommended_size"]
     assert answer.json()["model_versions"]["fit_model"]

@@ -174,8 +174,94 @@ def test_secrets_come_from_the_environment_or_secret_files_never_literals() -> N
         assert ":${POSTGRES_PASSWORD}@" in url, url
     session = compose["services"]["session"]
     assert session["environment"]["FITML_API_KEYS_FILE"] == "/run/secrets/fitml_api_keys"
-    assert session["secrets"] == ["fitml_api_keys"]
+    assert "fitml_api_keys" in session["secrets"]
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+SECRET_FILES = {
+    "FITML_PSEUDONYM_KEY_FILE": "fitml_pseudonym_key",
+    "FITML_SERVICE_TOKEN_FILE": "fitml_service_token",
+    "FITML_API_KEYS_FILE": "fitml_api_keys",
+}
+"""The secrets the services read (README "Security"): variable -> compose secret."""
+
+
+def _runs(service: dict, command: str) -> bool:
+    """Whether ``service`` runs ``fitml <command>`` (its image's CMD or its own command)."""
+    target = service.get("build", {}).get("target")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stage = re.search(rf"^FROM \S+ AS {target}$(.*?)(?=^FROM |\Z)", dockerfile, re.M | re.S)
+    cmd = " ".join(map(str, service.get("command") or []))
+    if not cmd and stage:
+        cmd = " ".join(re.findall(r"^CMD (.*)$", stage.group(1), re.MULTILINE))
+    return bool(re.search(rf"(^|\s|\"){command}(\s|\"|$)", cmd))
+
+
+def _needs(service: dict) -> set[str]:
+    """The secrets a fitml service cannot start without under the prod profile."""
+    if _runs(service, "session-service"):
+        return set(SECRET_FILES)
+    if _runs(service, "serve"):  # binds 0.0.0.0: refused without the service token
+        return {"FITML_PSEUDONYM_KEY_FILE", "FITML_SERVICE_TOKEN_FILE"}
+    if _runs(service, "pipeline") or _runs(service, "drift"):  # drift joins logged pseudonyms
+        return {"FITML_PSEUDONYM_KEY_FILE"}
+    return set()
+
+
+def test_services_get_the_pseudonym_key_service_token_and_api_keys_as_secrets() -> None:
+    services = _compose()["services"]
+    needs = {name: _needs(s) for name, s in services.items()}
+    assert needs["prediction"] == {"FITML_PSEUDONYM_KEY_FILE", "FITML_SERVICE_TOKEN_FILE"}
+    assert needs["session"] == set(SECRET_FILES)
+    assert needs["train"] == {"FITML_PSEUDONYM_KEY_FILE"}
+    for name, wanted in needs.items():
+        service = services[name]
+        env = service.get("environment", {})
+        mounted = set(service.get("secrets", []))
+        for variable in wanted:
+            secret = SECRET_FILES[variable]
+            assert env.get(variable) == f"/run/secrets/{secret}", (name, variable)
+            assert secret in mounted, (name, secret)
+        # no secret inline in the environment
+        assert not {"FITML_PSEUDONYM_KEY", "FITML_SERVICE_TOKEN", "FITML_API_KEYS"} & set(env)
+
+
+def test_secret_files_are_git_ignored_and_made_by_make_secrets() -> None:
+    compose = _compose()
+    makefile = (ROOT / "Makefile").read_text()
+    example = (ROOT / ".env.example").read_text()
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert set(compose["secrets"]) == set(SECRET_FILES.values())
+    for variable, secret in SECRET_FILES.items():
+        source = compose["secrets"][secret]["file"]
+        match = VARIABLE.fullmatch(source)
+        assert match and match.group(1) == variable, source
+        default = Path(match.group(2) or "")
+        assert default.parent == Path(".secrets") and ".secrets/" in ignored, source
+        assert f"$(SECRETS_DIR)/{default.name}" in makefile, default
+        assert f"{variable}=./.secrets/{default.name}" in example, variable
+
+
+def test_make_secrets_writes_keys_the_services_accept(tmp_path: Path) -> None:
+    import subprocess
+
+    from ml_pipeline.settings import load_settings
+    from serving.pseudonym import load_pseudonymizer
+    from serving.service_auth import ServiceTokens, check_bind
+
+    argv = ["make", "-s", "-C", str(ROOT), "secrets", f"SECRETS_DIR={tmp_path / 's'}"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    first = {p.name: p.read_text() for p in (tmp_path / "s").iterdir()}
+    assert set(first) == {"pseudonym_key", "service_token", "api_keys"}
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)  # kept, not rotated
+    assert {p.name: p.read_text() for p in (tmp_path / "s").iterdir()} == first
+    env = {
+        "FITML_PSEUDONYM_KEY_FILE": str(tmp_path / "s/pseudonym_key"),
+        "FITML_SERVICE_TOKEN_FILE": str(tmp_path / "s/service_token"),
+    }
+    settings = load_settings("local", tmp_path / "w")
+    assert load_pseudonymizer(settings, env)("shopper-1")
+    check_bind("0.0.0.0", ServiceTokens.from_env(env))  # nosec B104: the containers' bind
 
 
 def test_podman_compose_accepts_the_file(tmp_path: Path) -> None:
@@ -184,13 +270,13 @@ def test_podman_compose_accepts_the_file(tmp_path: Path) -> None:
     import sys
 
     tool = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
-    keys = tmp_path / "api_keys"
-    keys.write_text("example\n")
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "POSTGRES_PASSWORD": "example",
-        "FITML_API_KEYS_FILE": str(keys),
     }
+    for variable, secret in SECRET_FILES.items():
+        (tmp_path / secret).write_text("example\n")
+        env[variable] = str(tmp_path / secret)
     done = subprocess.run(
         [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True, text=True, env=env, timeout=60, check=False, cwd=ROOT,

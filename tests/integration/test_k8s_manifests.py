@@ -184,3 +184,53 @@ def test_images_users_config_and_secrets_match_the_dockerfile_and_profile() -> N
             assert not missing, (name, missing)
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["work"]["persistentVolumeClaim"]["claimName"] == "fitml-work"
+
+
+SECRET_FILES = {
+    "FITML_PSEUDONYM_KEY_FILE": "pseudonym-key",
+    "FITML_SERVICE_TOKEN_FILE": "service-token",
+    "FITML_API_KEYS_FILE": "api-keys",
+}
+"""The secrets the prod profile's processes read (README "Security"): variable -> Secret key."""
+NEEDS = {
+    # both services: one pseudonym key for all replicas; prediction binds 0.0.0.0 (token)
+    "Deployment/fitml-prediction": {"FITML_PSEUDONYM_KEY_FILE", "FITML_SERVICE_TOKEN_FILE"},
+    "Deployment/fitml-session": set(SECRET_FILES),
+    # the pipeline's and the CronJob's drift check join logged pseudonyms
+    "Job/fitml-train": {"FITML_PSEUDONYM_KEY_FILE"},
+    "CronJob/fitml-drift": {"FITML_PSEUDONYM_KEY_FILE"},
+}
+
+
+def _secret_file(pod: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """The key of `fitml-secrets` mounted at ``path`` in ``container``, if any."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        secret = volumes[mount["name"]].get("secret")
+        if not path.startswith(prefix) or secret is None:
+            continue
+        assert secret["secretName"] == "fitml-secrets" and mount.get("readOnly") is True
+        for item in secret.get("items", []):
+            if item["path"] == path.removeprefix(prefix):
+                return str(item["key"])
+    return None
+
+
+@pytest.mark.parametrize("overlay", [None, *OVERLAYS])
+def test_pseudonym_key_and_service_token_reach_every_process_that_needs_them(
+    overlay: str | None,
+) -> None:
+    docs = _base() if overlay is None else _render(overlay)
+    pods = _pod_specs(docs)
+    assert set(pods) == set(NEEDS), set(pods)
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for variable in NEEDS[name]:
+            assert variable in env, (name, variable)
+            assert "value" in env[variable], (name, variable)  # a file path, not the secret
+            key = _secret_file(pod, container, env[variable]["value"])
+            assert key == SECRET_FILES[variable], (name, variable, key)
+        inline = {"FITML_PSEUDONYM_KEY", "FITML_SERVICE_TOKEN", "FITML_API_KEYS"} & set(env)
+        assert not inline, (name, inline)
