@@ -88,7 +88,7 @@ images: ## Build fitml-{prediction,session,job} images with docker, else podman 
 	done
 
 SECRETS_DIR ?= .secrets
-secrets: ## Random pseudonym key, service token, API key under $(SECRETS_DIR)/ (git-ignored; kept if present)
+secrets: ## Random pseudonym key, service token, API key under .secrets/ (SECRETS_DIR=; git-ignored; kept if present)
 	@mkdir -p $(SECRETS_DIR) && chmod 700 $(SECRETS_DIR)
 	@test -s $(SECRETS_DIR)/pseudonym_key || python3 -c 'import secrets; print(f"k1:{secrets.token_hex(32)}")' > $(SECRETS_DIR)/pseudonym_key
 	@test -s $(SECRETS_DIR)/service_token || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/service_token
