@@ -328,7 +328,19 @@ def test_every_route_needs_a_key(up: TestClient) -> None:
     assert up.get("/readyz", headers={}).status_code == 200
 
 
+def _count(client: TestClient, name: str, **labels: str) -> float:
+    """A counter's value in the app's registry (0 before its first increment).
+
+    Read before and after: a test process that ran a BentoML server in-process may share
+    counter values between registries (prometheus_client's multiprocess mode).
+    """
+    registry = client.app.state.services.metrics.registry  # type: ignore[attr-defined]
+    return float(registry.get_sample_value(name, labels) or 0.0)
+
+
 def test_session_feedback_and_read_back(up: TestClient) -> None:
+    sessions = _count(up, "fitml_session_sessions_started_total", degraded="false")
+    too_small = _count(up, "fitml_session_feedback_total", outcome="too_small")
     started = up.post("/api/v1/tryon/sessions", json={"user_id": "U1", "product_id": "P1"})
     assert started.status_code == 201, started.text
     session = started.json()
@@ -352,8 +364,10 @@ def test_session_feedback_and_read_back(up: TestClient) -> None:
     unknown = up.post("/api/v1/tryon/sessions", json={"user_id": "U1", "product_id": "P9"})
     assert unknown.status_code == 404 and "P9" in unknown.json()["detail"]
     metrics = up.get("/metrics").text
-    assert 'fitml_session_sessions_started_total{degraded="false"} 1.0' in metrics, metrics
-    assert 'fitml_session_feedback_total{outcome="too_small"} 1.0' in metrics
+    assert 'fitml_session_sessions_started_total{degraded="false"}' in metrics, metrics
+    assert 'fitml_session_feedback_total{outcome="too_small"}' in metrics, metrics
+    assert _count(up, "fitml_session_sessions_started_total", degraded="false") == sessions + 1
+    assert _count(up, "fitml_session_feedback_total", outcome="too_small") == too_small + 1
 
 
 def test_degraded_answer_from_the_size_chart_when_prediction_is_down(tmp_path: Path) -> None:
