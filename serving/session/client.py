@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import httpx
 
+from serving import tracing
 from serving.schemas import RecommendResponse
 from serving.session.config import ClientSettings
 from serving.session.observability import REQUEST_ID, REQUEST_ID_HEADER
@@ -139,6 +140,7 @@ class PredictionClient:
         s = self.settings
         deadline = time.monotonic() + s.deadline_s
         headers = {REQUEST_ID_HEADER: REQUEST_ID.get()}
+        tracing.inject(headers)  # W3C traceparent of the current span (nothing when off)
         error = PredictionUnavailable("connection", "prediction service not called")
         for attempt in range(s.retries + 1):
             try:

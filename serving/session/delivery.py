@@ -37,6 +37,7 @@ from serving.session.store import (
     StoreUnavailable,
     events_frame,
 )
+from serving.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ class Deliverer:
             return
         events = [FeedbackEvent.from_json(i.payload) for i in items]
         try:
-            self.push(events_frame(events))
+            with span("feast.push", {"fitml.events": len(events)}):
+                self.push(events_frame(events))
         except ValueError:
             # The feature store refused the data (e.g. a size not on its charts): push one by
             # one, so one bad event does not hold back the others; it stays in the outbox.
@@ -191,7 +193,8 @@ class Deliverer:
     ) -> None:
         assert self.push is not None
         try:
-            self.push(events_frame(events))
+            with span("feast.push", {"fitml.events": len(events)}):
+                self.push(events_frame(events))
         except Exception as exc:
             self._push_failed(items, exc, report)
             return
