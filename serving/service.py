@@ -36,6 +36,7 @@ from serving.schemas import (
     Measurements,
     RecommendResponse,
 )
+from serving.telemetry import PredictionMetrics, RequestContext, registered_at, start_worker
 
 MAX_BATCH: Final = 1000
 GC_THRESHOLD: Final = (20_000, 50, 100)
@@ -106,7 +107,15 @@ class FitmlService:
             champion, challenger
         )
         self.predictor.warm_up(_any_product(settings))
-        self._metrics = _Metrics()
+        self._metrics = PredictionMetrics()
+        start_worker(
+            self.predictor,
+            self._metrics,
+            {
+                "fit_model": registered_at(self.fit_model),
+                "size_model": registered_at(self.size_model),
+            },
+        )
         self._served = 0
         # Everything loaded so far lives as long as the worker: keep it out of the cyclic
         # collector's generations so collections stay short, and collect young ones rarely.
@@ -207,20 +216,7 @@ class JsonOnly:
 
 
 cast(Any, FitmlService).add_asgi_middleware(JsonOnly)
-
-
-class _Metrics:
-    """``fitml_*`` Prometheus series (served on BentoML's ``/metrics``)."""
-
-    def __init__(self) -> None:
-        self.answers = bentoml.metrics.Counter(
-            name="fitml_answers_total",
-            documentation="Answers by endpoint, model variant and outcome",
-            labelnames=["endpoint", "variant", "outcome"],
-        )
-
-    def count(self, endpoint: str, variant: str, outcome: str, n: int = 1) -> None:
-        self.answers.labels(endpoint=endpoint, variant=variant, outcome=outcome).inc(n)
+cast(Any, FitmlService).add_asgi_middleware(RequestContext)
 
 
 def _load_challenger() -> Any:
