@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -359,6 +360,12 @@ def drift(
     )
     typer.echo(verdict.summary())
     typer.echo(f"verdict: {json_out}\nreport:  {html_out}")
+    gateway = os.environ.get("FITML_PUSHGATEWAY")
+    if gateway:
+        from evaluation.drift_metrics import push_drift_metrics
+
+        push_drift_metrics(verdict, gateway)
+        typer.echo(f"metrics: pushed to {gateway}")
     if fail_on_drift and verdict.drift_detected:
         raise typer.Exit(code=3)
 
@@ -429,10 +436,13 @@ def main() -> None:
     import warnings
 
     from ml_pipeline.errors import FitmlError
+    from ml_pipeline.logs import configure_logging
 
     # Libraries' deprecation notices are for their developers, not for fitml's users.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
+    # JSON lines when run as a job (no terminal), short text lines on a terminal.
+    configure_logging("fitml", logging.WARNING)
     try:
         app()
     except (FitmlError, SettingsError, FileNotFoundError, LookupError) as exc:
