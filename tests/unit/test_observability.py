@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -191,23 +192,34 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 def test_session_starts_count_by_outcome() -> None:
     m = Metrics()
     route = "/api/v1/tryon/sessions"
+    statuses = ("ok", "degraded", "not_found", "invalid", "error")
+    # Where BentoML was imported first (other test modules), prometheus_client keeps values
+    # in multiprocess files shared by every registry of the process: count from a baseline.
+    for status in statuses:
+        m.tryon_sessions.labels(status)
+        m.tryon_duration.labels(status)
+    m.latency.labels(route, "POST", "201")
+    before = {s: sample(m, "tryon_sessions_total", status=s) for s in statuses}
+    slow_before = sample(m, "tryon_session_duration_seconds_bucket", status="degraded", le="0.2")
+    count_before = sample(m, "tryon_session_duration_seconds_count", status="degraded")
+    total_before = sample(
+        m, "fitml_session_request_seconds_count", route=route, method="POST", status="201"
+    )
     m.observe_request(route, "POST", 201, 0.02, SimpleNamespace(tryon_status="ok"))
     m.observe_request(route, "POST", 201, 0.3, SimpleNamespace(tryon_status="degraded"))
     m.observe_request(route, "POST", 404, 0.01, SimpleNamespace())
     m.observe_request(route, "POST", 422, 0.01, SimpleNamespace())
     m.observe_request(route, "POST", 500, 0.01, SimpleNamespace())
     m.observe_request("/api/v1/tryon/sessions/{session_id}", "GET", 200, 0.01, SimpleNamespace())
-    assert sample(m, "tryon_sessions_total", status="ok") == 1
-    assert sample(m, "tryon_sessions_total", status="degraded") == 1
-    assert sample(m, "tryon_sessions_total", status="not_found") == 1
-    assert sample(m, "tryon_sessions_total", status="invalid") == 1
-    assert sample(m, "tryon_sessions_total", status="error") == 1
+    for status in statuses:
+        assert sample(m, "tryon_sessions_total", status=status) - before[status] == 1, status
     slow = sample(m, "tryon_session_duration_seconds_bucket", status="degraded", le="0.2")
-    assert slow == 0 and sample(m, "tryon_session_duration_seconds_count", status="degraded") == 1
+    assert slow == slow_before
+    assert sample(m, "tryon_session_duration_seconds_count", status="degraded") == count_before + 1
     total = sample(
         m, "fitml_session_request_seconds_count", route=route, method="POST", status="201"
     )
-    assert total == 2
+    assert total - total_before == 2
 
 
 def test_feedback_agreement_is_the_evaluation_definition() -> None:
@@ -240,8 +252,14 @@ def test_feedback_agreement_is_the_evaluation_definition() -> None:
 
 
 def test_live_app_counts_sessions_feedback_and_serves_a_bearer_scrape(tmp_path: Path) -> None:
-    app = create_app(make_services(tmp_path, lambda r: httpx.Response(200, json=model_answer())))
+    services = make_services(tmp_path, lambda r: httpx.Response(200, json=model_answer()))
+    app = create_app(services)
+    # A baseline: where BentoML was imported first, prometheus_client shares values between
+    # the registries of one process (multiprocess files); create the series, then count.
+    services.metrics.tryon_sessions.labels("not_found")
+    services.metrics.tryon_feedback.labels("too_large", "champion", "true")
     with TestClient(app, headers={"X-API-Key": KEY}) as client:
+        before = client.get("/metrics").text
         sid = client.post(
             "/api/v1/tryon/sessions", json={"user_id": "U1", "product_id": "P1"}
         ).json()["session_id"]
@@ -261,9 +279,17 @@ def test_live_app_counts_sessions_feedback_and_serves_a_bearer_scrape(tmp_path: 
         refused = client.get("/metrics", headers={"X-API-Key": "", "Authorization": "Bearer nope"})
     assert scraped.status_code == 200 and refused.status_code == 401
     text = scraped.text
-    assert 'tryon_sessions_total{status="ok"} 1.0' in text
-    assert 'tryon_sessions_total{status="not_found"} 1.0' in text
-    assert 'tryon_feedback_total{agrees="true",outcome="too_large",variant="champion"} 1.0' in text
+
+    def grew(series: str) -> float:
+        def value(page: str) -> float:
+            found = re.search(re.escape(series) + r" ([0-9.e+]+)", page)
+            return float(found.group(1)) if found else 0.0
+
+        return value(text) - value(before)
+
+    assert grew('tryon_sessions_total{status="ok"}') == 1
+    assert grew('tryon_sessions_total{status="not_found"}') == 1
+    assert grew('tryon_feedback_total{agrees="true",outcome="too_large",variant="champion"}') == 1
     assert 'fitml_session_request_seconds_bucket{le="0.2"' in text
 
 
