@@ -93,8 +93,11 @@ secrets: ## Random pseudonym key, service token, API key under .secrets/ (SECRET
 	@test -s $(SECRETS_DIR)/pseudonym_key || python3 -c 'import secrets; print(f"k1:{secrets.token_hex(32)}")' > $(SECRETS_DIR)/pseudonym_key
 	@test -s $(SECRETS_DIR)/service_token || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/service_token
 	@test -s $(SECRETS_DIR)/api_keys || python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/api_keys
-	@chmod 644 $(SECRETS_DIR)/pseudonym_key $(SECRETS_DIR)/service_token $(SECRETS_DIR)/api_keys  # read by the images' user (uid 10001)
-	@echo "secrets in $(SECRETS_DIR)/: pseudonym_key service_token api_keys"
+	@test -s $(SECRETS_DIR)/metrics_key || { python3 -c 'import secrets; print(secrets.token_hex(24))' > $(SECRETS_DIR)/metrics_key \
+		&& cat $(SECRETS_DIR)/metrics_key >> $(SECRETS_DIR)/api_keys; }  # Prometheus's key is a session API key too
+	@test -s $(SECRETS_DIR)/grafana_admin_password || python3 -c 'import secrets; print(secrets.token_urlsafe(18))' > $(SECRETS_DIR)/grafana_admin_password
+	@chmod 644 $(SECRETS_DIR)/pseudonym_key $(SECRETS_DIR)/service_token $(SECRETS_DIR)/api_keys $(SECRETS_DIR)/metrics_key $(SECRETS_DIR)/grafana_admin_password  # read by the images' users
+	@echo "secrets in $(SECRETS_DIR)/: pseudonym_key service_token api_keys metrics_key grafana_admin_password"
 
 clean: ## Remove the work directory (keeps .venv)
 	rm -rf $(WORKDIR)

@@ -25,7 +25,13 @@ from evaluation import metrics
 from features.definitions import CATEGORICAL_FEATURES, FIT_MODEL_FEATURES
 from features.transforms import UNKNOWN, request_features
 from ml_pipeline.schema import OUTCOMES
-from serving.recommend import FitPredictor, Recommendation, SizePredictor, recommend_frame
+from serving.recommend import (
+    FitPredictor,
+    Recommendation,
+    SizePredictor,
+    feedback_agrees,
+    recommend_frame,
+)
 from training.models import FitModel, NotFittedError
 
 ORACLE_COLUMNS = ["p_too_small", "p_fit", "p_too_large"]
@@ -411,13 +417,8 @@ def _accuracy(true: np.ndarray, picked: np.ndarray, tolerance: int) -> float:
 
 def _feedback_agreement(recommended: np.ndarray, tried: np.ndarray, outcome: pd.Series) -> float:
     """Share of events whose feedback agrees with the recommended size."""
-    outcome = np.asarray(outcome)
     known = ~np.isnan(recommended)
-    agree = np.where(
-        outcome == "too_small",
-        recommended > tried,
-        np.where(outcome == "too_large", recommended < tried, recommended == tried),
-    )
+    agree = feedback_agrees(recommended, tried, outcome)
     return float(agree[known].mean()) if known.any() else float("nan")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -485,6 +486,12 @@ def drift(
     )
     typer.echo(verdict.summary())
     typer.echo(f"verdict: {json_out}\nreport:  {html_out}")
+    gateway = os.environ.get("FITML_PUSHGATEWAY")
+    if gateway:
+        from evaluation.drift_metrics import push_drift_metrics
+
+        push_drift_metrics(verdict, gateway)
+        typer.echo(f"metrics: pushed to {gateway}")
     if fail_on_drift and verdict.drift_detected:
         raise typer.Exit(code=3)
 
@@ -627,9 +634,12 @@ def main() -> None:
     """Run the CLI; expected errors print one clear line and exit 2."""
     from ml_pipeline.console import configure_console
     from ml_pipeline.errors import FitmlError
+    from ml_pipeline.logs import configure_logging
 
-    # Stage headers and tuning progress on stderr; libraries' deprecation notices and INFO
-    # chatter are for their developers, not for fitml's users.
+    # JSON lines when run as a job (no terminal), short text lines on a terminal; stage headers
+    # and tuning progress on stderr; libraries' deprecation notices and INFO chatter are for
+    # their developers, not for fitml's users.
+    configure_logging("fitml", logging.WARNING)
     configure_console()
     try:
         app()

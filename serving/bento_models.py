@@ -117,10 +117,17 @@ def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
         if not found:
             raise FileNotFoundError(f"{registered}@{alias} has no fitml model directory")
         source = found[0].parent
+        created = mlflow.MlflowClient().get_model_version(registered, version).creation_timestamp
         with bentoml.models.create(
             tag,
             labels={"registered_name": registered, "alias": alias, "version": version},
-            metadata={"registered_name": registered, "alias": alias, "version": version},
+            metadata={
+                "registered_name": registered,
+                "alias": alias,
+                "version": version,
+                # when this version was registered (Unix s): the champion's age on /metrics
+                "registered_at": created / 1000 if created else None,
+            },
         ) as model:
             shutil.copytree(source, model.path_of("model"), dirs_exist_ok=True)
             _precompile(Path(model.path_of("model")))

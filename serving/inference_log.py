@@ -166,7 +166,7 @@ class InferenceLog:
         features: Mapping[str, Any] | None,
         shadow: Any,
     ) -> tuple[str, str]:
-        if self.on_record is not None and shadow is not None:
+        if self.on_record is not None:
             self.on_record(record, shadow)
         out = {"logged_at": at.isoformat(), **record}
         if features is not None:

@@ -33,6 +33,7 @@ from serving.schemas import (
     RecommendResponse,
     SizeProbabilities,
 )
+from serving.tracing import span
 
 if TYPE_CHECKING:
     from serving.online_features import OnlineReader
@@ -253,12 +254,14 @@ class Predictor:
             UnknownProductError: the product has no size chart online.
         """
         started = time.perf_counter()
-        row, fallbacks = self.feature_row(user_id, product_id, measurements, fit_preference)
+        with span("features.online_read"):
+            row, fallbacks = self.feature_row(user_id, product_id, measurements, fit_preference)
         user_hash = self._pseudonym(user_id)
         variant = self.variant_for(user_hash)
         models = self.variants_[variant]
         columns = _columns([row])
-        rec = recommend_rows(columns, models.fit, models.size, [fallbacks])[0]
+        with span("model.recommend", {"fitml.variant": variant}):
+            rec = recommend_rows(columns, models.fit, models.size, [fallbacks])[0]
         if rec is None:  # the product has a chart: feature_row checked
             raise UnknownProductError(product_id)
         response = to_response(rec, models.versions, uuid.uuid4().hex, variant)

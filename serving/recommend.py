@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 import pandas as pd
@@ -243,3 +243,19 @@ def recommend_rows(
             )
         )
     return out
+
+
+def feedback_agrees(recommended: Any, tried: Any, outcome: Any) -> Any:
+    """Whether feedback agrees with the recommended size (size indices; arrays or scalars).
+
+    Too small at the tried size means the right size is larger, so the feedback agrees when
+    the recommendation was larger than the tried size; too large agrees with a smaller
+    recommendation; fit agrees only with the tried size itself. The one definition used by
+    evaluation (``feedback_agreement``) and by the live metric ``tryon_feedback_total``.
+    """
+    outcome, recommended, tried = np.asarray(outcome), np.asarray(recommended), np.asarray(tried)
+    return np.where(
+        outcome == "too_small",
+        recommended > tried,
+        np.where(outcome == "too_large", recommended < tried, recommended == tried),
+    )

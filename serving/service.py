@@ -41,6 +41,7 @@ from serving.schemas import (
     Measurements,
     RecommendResponse,
 )
+from serving.telemetry import PredictionMetrics, RequestContext, registered_at, start_worker
 
 MAX_BATCH: Final = 1000
 GC_THRESHOLD: Final = (20_000, 50, 100)
@@ -114,7 +115,15 @@ class FitmlService:
             champion, challenger
         )
         self.predictor.warm_up(_any_product(settings))
-        self._metrics = _Metrics()
+        self._metrics = PredictionMetrics()
+        start_worker(
+            self.predictor,
+            self._metrics,
+            {
+                "fit_model": registered_at(self.fit_model),
+                "size_model": registered_at(self.size_model),
+            },
+        )
         self._served = 0
         # Everything loaded so far lives as long as the worker: keep it out of the cyclic
         # collector's generations so collections stay short, and collect young ones rarely.
@@ -230,25 +239,14 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
-# The guard first (outermost): credentials and limits before anything reads the body.
+# The guard first (outermost): credentials and limits before anything reads the body; then
+# the request id and trace context (they read headers only), so refusals past the guard are
+# traced too.
 cast(Any, FitmlService).add_asgi_middleware(PredictionGuard)
+cast(Any, FitmlService).add_asgi_middleware(RequestContext)
 cast(Any, FitmlService).add_asgi_middleware(JsonOnly)
 # uvicorn (run by BentoML in this process) resolves its HTTP protocol after this import.
 install_request_deadline()
-
-
-class _Metrics:
-    """``fitml_*`` Prometheus series (served on BentoML's ``/metrics``)."""
-
-    def __init__(self) -> None:
-        self.answers = bentoml.metrics.Counter(
-            name="fitml_answers_total",
-            documentation="Answers by endpoint, model variant and outcome",
-            labelnames=["endpoint", "variant", "outcome"],
-        )
-
-    def count(self, endpoint: str, variant: str, outcome: str, n: int = 1) -> None:
-        self.answers.labels(endpoint=endpoint, variant=variant, outcome=outcome).inc(n)
 
 
 def _load_challenger() -> Any:

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving import tracing
 from serving.limits import Limits, RequestGuard
 from serving.pseudonym import Pseudonymizer
 from serving.schemas import Measurements, RecommendResponse
@@ -321,7 +322,9 @@ def create_app(
             seconds = time.perf_counter() - started
             route = getattr(request.scope.get("route"), "path", "unmatched")
             if services is not None:
-                services.metrics.latency.labels(route, request.method, str(status)).observe(seconds)
+                services.metrics.observe_request(
+                    route, request.method, status, seconds, request.state
+                )
             if not route.endswith(("/livez", "/readyz", "/metrics")):
                 log.info(
                     "request",
@@ -334,6 +337,9 @@ def create_app(
                     },
                 )
             REQUEST_ID.reset(token)
+
+    if tracing.enabled():
+        app.add_middleware(tracing.TraceRequests)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -370,6 +376,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request, _: Authorized) -> Response:
+        # the key as X-API-Key, or as a bearer token (Prometheus): SessionAuth checked it
         s = _services(request)
         s.metrics.circuit_open.set(0 if s.client.breaker.state == "closed" else 1)
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -415,12 +422,17 @@ def create_app(
         else:
             session = _from_model(session_id, body, chart, answer)
         document = session.model_dump(mode="json")  # once: stored and sent
+        variant = "size_chart" if session.degraded else answer.variant
+        request.state.tryon_status = "degraded" if session.degraded else "ok"
         record = SessionRecord(
             session_id=session_id,
             created_at=session.created_at,
             user_id=body.user_id,
             product_id=body.product_id,
-            body={k: v for k, v in document.items() if k != "feedback"},
+            body={
+                **{k: v for k, v in document.items() if k != "feedback"},
+                "variant": variant,
+            },
         )
         try:
             await _save_session(s, record)
@@ -440,6 +452,8 @@ def create_app(
                 "product_id": body.product_id,
                 "recommended_size": session.recommended_size,
                 "degraded": session.degraded,
+                "variant": variant,
+                "model_versions": session.model_versions,
             },
         )
         return Response(
@@ -551,6 +565,7 @@ def create_app(
             )
         if not duplicate:
             s.metrics.feedback.labels(body.outcome).inc()
+            s.metrics.observe_feedback(record.body, sizes, body.size, body.outcome)
         s.deliverer.wake()
         log.info(
             "feedback accepted",
@@ -596,7 +611,8 @@ async def _store(s: Services, call: Callable[..., T], *args: Any) -> T:
     if not s.store_breaker.allow():
         raise StoreUnavailable("event store failing: circuit open, not called")
     try:
-        result = await anyio.to_thread.run_sync(call, *args)
+        with tracing.span(f"event_store.{getattr(call, '__name__', 'call')}"):
+            result = await anyio.to_thread.run_sync(call, *args)
     except StoreUnavailable:
         s.store_breaker.failure()
         raise
@@ -615,7 +631,8 @@ async def _save_session(s: Services, record: SessionRecord) -> None:
     if s.session_writes is None:
         s.session_writes = GroupCommit(partial(save_sessions, s.store))
     try:
-        await s.session_writes.submit(record)
+        with tracing.span("event_store.save_session"):
+            await s.session_writes.submit(record)
     except StoreUnavailable:
         s.store_breaker.failure()
         raise

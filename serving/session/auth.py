@@ -12,6 +12,8 @@ then requires one scope (:data:`SCOPES`) and rate-limits the principal
   (client-credentials grant), verified by :class:`JwtVerifier`: signature by one of the
   issuer's keys (a JWKS file, re-read when it changes, or a JWKS URL), ``iss``, ``aud``,
   ``exp`` (required), ``nbf``; its scopes from ``scope`` (space-separated) or ``scp``.
+- ``/metrics`` only: an API key as ``Authorization: Bearer <key>`` (a Prometheus scrape sends
+  its credentials file as a bearer token, not custom headers).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 SCOPES: Final = ("start-session", "feedback", "read", "admin")
 ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 API_KEY_HEADER: Final = b"x-api-key"
+METRICS_PATH: Final = "/metrics"
+"""The one path where an API key is also accepted as ``Authorization: Bearer <key>``."""
 
 
 @dataclass(frozen=True)
@@ -207,11 +211,18 @@ class SessionAuth:
                 if scheme.lower() == "bearer":
                     bearer = credentials.strip()
         principal: Principal | None = None
-        if key is not None:
+        scraper = (
+            self.keys.identify(bearer)
+            if bearer and not key and scope.get("path") == METRICS_PATH
+            else None
+        )
+        if key:
             key_id = self.keys.identify(key)
             if key_id is None:
                 return _unauthorized("unknown API key: send a valid key in the X-API-Key header")
             principal = Principal(key_id, "api_key", frozenset(SCOPES))
+        elif scraper is not None:  # Prometheus sends its API key as a bearer token
+            principal = Principal(scraper, "api_key", frozenset(SCOPES))
         elif bearer is not None and self.jwt is not None:
             try:
                 if self.jwt.remote:

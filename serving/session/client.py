@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import httpx
 
+from serving import tracing
 from serving.schemas import RecommendResponse
 from serving.session.config import ClientSettings
 from serving.session.observability import REQUEST_ID, REQUEST_ID_HEADER
@@ -148,6 +149,7 @@ class PredictionClient:
         token = self._token() if self._token is not None else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        tracing.inject(headers)  # W3C traceparent of the current span (nothing when off)
         error = PredictionUnavailable("connection", "prediction service not called")
         for attempt in range(s.retries + 1):
             try:

@@ -43,6 +43,7 @@ from serving.session.store import (
     StoreUnavailable,
     events_frame,
 )
+from serving.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ class Deliverer:
         assert self.push is not None
         events = [FeedbackEvent.from_json(i.payload) for i in items]
         try:
-            self.push(events_frame(events))
+            with span("feast.push", {"fitml.events": len(events)}):
+                self.push(events_frame(events))
         except (ValueError, KeyError, TypeError):
             raise  # the feature store refused the data: isolate, then set aside
         except Exception as exc:  # the feature store is down or failing: retry later

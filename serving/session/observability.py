@@ -1,27 +1,27 @@
-"""Structured JSON logs with a request id, Prometheus metrics.
+"""Request ids, Prometheus metrics; JSON logs (``ml_pipeline.logs``).
 
 Identifiers appear in logs only as keyed pseudonyms (:mod:`serving.pseudonym`).
 """
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
 import re
-import sys
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("fitml_request_id", default="-")
+from ml_pipeline import logs
+from ml_pipeline.logs import REQUEST_ID
+
+__all__ = ["REQUEST_ID", "REQUEST_ID_HEADER", "JsonFormatter", "Metrics", "configure_logging"]
+
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-# LogRecord attributes that are not "extra" fields.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2.5, 5)
+"""Request latency buckets; 0.2 s is the session API's latency objective (p99 < 200 ms)."""
 
 
 def request_id_from(header: str | None) -> str:
@@ -31,37 +31,30 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, extra fields."""
+def scrape_key(headers: Mapping[str, str]) -> str | None:
+    """The API key of a metrics scrape: ``X-API-Key``, or ``Authorization: Bearer <key>``.
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as JSON."""
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "request_id": REQUEST_ID.get(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_") and key != "color_message":
-                out[key] = value
-        if record.exc_info:
-            out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(out, default=str)
+    Prometheus sends a bearer token (``authorization.credentials_file``), not custom headers.
+    """
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+class JsonFormatter(logs.JsonFormatter):
+    """The JSON lines of the session service (:class:`ml_pipeline.logs.JsonFormatter`)."""
+
+    def __init__(self, service: str = "session", static: Mapping[str, Any] | None = None) -> None:
+        super().__init__(service, static)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send every log record to stderr as JSON (called by the server at start, not on import)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # the app logs each request itself
+    """JSON lines on stderr for the session service (``FITML_LOG_FORMAT=text`` for text)."""
+    logs.configure_logging("session", level, json_lines=logs.wants_json(None))
 
 
 class Metrics:
@@ -86,7 +79,7 @@ class Metrics:
             "fitml_session_request_seconds",
             "Request latency",
             ["route", "method", "status"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.prediction_latency = Histogram(
@@ -123,3 +116,73 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # The try-on SLIs (names from the production-readiness review) and the feedback loop.
+        self.tryon_sessions = Counter(
+            "tryon_sessions",
+            "Session starts by outcome: ok, degraded (size chart), not_found, invalid, "
+            "unauthorized, rate_limited, unavailable, error",
+            ["status"],
+            registry=r,
+        )
+        self.tryon_duration = Histogram(
+            "tryon_session_duration_seconds",
+            "Time to answer a session start, by outcome",
+            ["status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tryon_feedback = Counter(
+            "tryon_feedback",
+            "Feedback accepted, by outcome, the variant that recommended the session's size "
+            "(champion, challenger, size_chart) and whether it agrees with the recommended size",
+            ["outcome", "variant", "agrees"],
+            registry=r,
+        )
+        for status in ("ok", "degraded"):  # the degraded share exists from the first scrape
+            self.tryon_sessions.labels(status)
+
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, state: Any
+    ) -> None:
+        """Record one request; session starts also count in ``tryon_sessions_total``.
+
+        Args:
+            route: the matched route template (``unmatched`` when none matched).
+            method: the HTTP method.
+            status: the response's status code.
+            seconds: how long the answer took.
+            state: the request's ``state``; the session-start handler leaves ``tryon_status``
+                (``ok`` or ``degraded``) there when it answered.
+        """
+        self.latency.labels(route, method, str(status)).observe(seconds)
+        if route == SESSIONS_ROUTE and method == "POST":
+            outcome = getattr(state, "tryon_status", None) or _STATUS_OUTCOME.get(
+                status, "error" if status >= 500 else "invalid"
+            )
+            self.tryon_sessions.labels(outcome).inc()
+            self.tryon_duration.labels(outcome).observe(seconds)
+
+    def observe_feedback(
+        self, session_body: Mapping[str, Any], sizes: Mapping[str, int], size: str, outcome: str
+    ) -> None:
+        """Count new feedback by outcome, variant and agreement with the recommended size."""
+        from serving.recommend import feedback_agrees
+
+        variant = str(session_body.get("variant") or "unknown")
+        recommended = sizes.get(str(session_body.get("recommended_size")))
+        agrees = (
+            "unknown"
+            if recommended is None
+            else str(bool(feedback_agrees(recommended, sizes[size], outcome))).lower()
+        )
+        self.tryon_feedback.labels(outcome, variant, agrees).inc()
+
+
+SESSIONS_ROUTE: Final = "/api/v1/tryon/sessions"
+_STATUS_OUTCOME: Final = {
+    404: "not_found",
+    401: "unauthorized",
+    403: "unauthorized",
+    429: "rate_limited",
+    503: "unavailable",
+}

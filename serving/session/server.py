@@ -113,20 +113,25 @@ def build_app(config: SessionConfig, push: PushFn | None = None) -> FastAPI:
 
 
 def serve(config: SessionConfig, port: int = 8000, host: str = "127.0.0.1") -> None:
-    """Serve the session service until stopped (JSON logs on stderr)."""
+    """Serve the session service until stopped (JSON logs on stderr, traces per ``OTEL_*``)."""
     import uvicorn
 
+    from serving import tracing
     from serving.session.observability import configure_logging
 
     configure_logging()
+    tracing.configure_tracing("fitml-session")  # off unless OTEL_TRACES_EXPORTER is set
     app = build_app(config)
     limits = limits_of(config)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        http=request_deadline_protocol(limits.header_timeout_s),
-        **uvicorn_limits(limits),
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            http=request_deadline_protocol(limits.header_timeout_s),
+            **uvicorn_limits(limits),
+        )
+    finally:
+        tracing.shutdown_tracing()

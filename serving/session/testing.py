@@ -7,6 +7,7 @@
 - :class:`TcpProxy`: a loopback TCP forwarder that can cut every connection (PostgreSQL or
   Redis "down") and restore them.
 - :func:`prod_env`: the environment the ``prod`` profile reads, for given servers.
+- :class:`OtlpReceiver`: an OTLP/HTTP trace receiver keeping the spans services export.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -228,3 +231,67 @@ class TcpProxy:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver on 127.0.0.1 (``url``): decodes and keeps every span.
+
+    Args:
+        keep: keep the spans in ``spans`` (False: count them only, for benchmarks).
+    """
+
+    def __init__(self, keep: bool = True) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[dict[str, Any]] = []
+        self.received = 0
+        lock = threading.Lock()
+        receiver = self
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with lock:
+                    receiver.received += sum(
+                        len(s.spans) for r in request.resource_spans for s in r.scope_spans
+                    )
+                    if not keep:
+                        request = ExportTraceServiceRequest()
+                    for resource in request.resource_spans:
+                        attrs = {a.key: a.value.string_value for a in resource.resource.attributes}
+                        for scope in resource.scope_spans:
+                            for s in scope.spans:
+                                spans.append(
+                                    {
+                                        "service": attrs.get("service.name"),
+                                        "name": s.name,
+                                        "trace_id": s.trace_id.hex(),
+                                        "span_id": s.span_id.hex(),
+                                        "parent_id": s.parent_span_id.hex(),
+                                    }
+                                )
+                payload = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()

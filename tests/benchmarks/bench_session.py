@@ -79,15 +79,21 @@ async def closed_loop(
     }
 
 
-def run_bench(workdir: Path, seconds: float = 5.0, clients: int = 8) -> dict[str, Any]:
-    """Clone ``workdir``, start both services, measure session start with prediction up/down."""
+def run_bench(
+    workdir: Path, seconds: float = 5.0, clients: int = 8, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Clone ``workdir``, start both services, measure session start with prediction up/down.
+
+    Args:
+        env: extra environment of both services (e.g. the ``OTEL_*`` tracing variables).
+    """
     with tempfile.TemporaryDirectory(prefix="bench-session-") as tmp:
         root = Path(tmp)
         clone = clone_workdir(workdir, root / "var")
         lines = (clone.workdir / "examples" / "recommend.jsonl").read_text().splitlines()
         bodies = [json.loads(line) for line in lines]
         prediction = ServiceProcess(
-            ["serve", "--workdir", str(clone.workdir)], free_port(), root / "predict.log"
+            ["serve", "--workdir", str(clone.workdir)], free_port(), root / "predict.log", env=env
         )
         sessions = ServiceProcess(
             [
@@ -99,7 +105,12 @@ def run_bench(workdir: Path, seconds: float = 5.0, clients: int = 8) -> dict[str
             ],
             free_port(),
             root / "session.log",
-            env={"FITML_API_KEYS": KEY, "FITML_RATE_LIMIT": "100000", "FITML_RATE_BURST": "100000"},
+            env={
+                **(env or {}),
+                "FITML_API_KEYS": KEY,
+                "FITML_RATE_LIMIT": "100000",
+                "FITML_RATE_BURST": "100000",
+            },
         )
         with ExitStack() as stack:
             for service in (prediction, sessions):
@@ -127,6 +138,80 @@ def test_bench_session(trained_workdir: Path) -> None:
     assert result["down"]["degraded"] == result["down"]["sessions"]
 
 
+def off_hook_cost_ns(n: int = 200_000) -> dict[str, float]:
+    """Nanoseconds per call of what a session start runs of tracing while it is off."""
+    from serving import tracing
+
+    assert not tracing.enabled()
+    headers: dict[str, str] = {}
+
+    def per_request() -> None:  # the span sites of one session start, off
+        with tracing.span(f"event_store.{getattr(per_request, '__name__', 'call')}"):
+            pass
+        tracing.inject(headers)
+        with tracing.span("features.online_read"):
+            pass
+        with tracing.span("model.recommend", {"fitml.variant": "champion"}):
+            pass
+
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter_ns()
+        for _ in range(n):
+            per_request()
+        timings.append((time.perf_counter_ns() - started) / n)
+    return {"per_session_ns_median_of_5": round(float(np.median(timings)), 1)}
+
+
+def run_tracing_cost(workdir: Path, seconds: float = 5.0, clients: int = 8) -> dict[str, Any]:
+    """Tracing off, on (every session sampled, OTLP to a local receiver), off again.
+
+    The two "off" runs show the noise of the machine; "on" the cost of recording and
+    exporting every span. With the cost of the off path measured in process.
+    """
+    from serving.session.testing import OtlpReceiver
+
+    receiver = OtlpReceiver(keep=False)
+    on = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
+    try:
+        runs = {
+            "off": run_bench(workdir, seconds, clients)["up"],
+            "on_sampled_all": run_bench(workdir, seconds, clients, env=on)["up"],
+            "off_again": run_bench(workdir, seconds, clients)["up"],
+        }
+    finally:
+        receiver.close()
+    off_p50 = float(np.mean([runs["off"]["p50_ms"], runs["off_again"]["p50_ms"]]))
+    hook = off_hook_cost_ns()
+    return {
+        **runs,
+        "spans_received_when_on": receiver.received,
+        "off_hooks": hook,
+        "off_hooks_share_of_p50": hook["per_session_ns_median_of_5"] / (off_p50 * 1e6),
+        "off_vs_off_again_p50": round(runs["off_again"]["p50_ms"] / runs["off"]["p50_ms"], 3),
+        "on_vs_off_p50": round(runs["on_sampled_all"]["p50_ms"] / off_p50, 3),
+        "load_average": os.getloadavg(),
+    }
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_tracing_cost(trained_workdir: Path) -> None:
+    result = run_tracing_cost(trained_workdir, seconds=5.0, clients=8)
+    print("\n" + json.dumps(result, indent=2))
+    out = os.environ.get("FITML_BENCH_DIR")
+    if out:
+        Path(out, "session_tracing.json").write_text(json.dumps(result, indent=2))
+    for phase in ("off", "on_sampled_all", "off_again"):
+        assert result[phase]["errors"] == 0 and result[phase]["degraded"] == 0
+    assert result["spans_received_when_on"] > 0
+    assert result["off_hooks_share_of_p50"] < 0.001  # the off path: under 0.1% of a session
+
+
 def main() -> None:
     """Command line: ``bench_session.py --workdir DIR [--seconds S] [--clients N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,8 +219,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="Per phase (keep it short).")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--json", type=Path, help="Also write the result here.")
+    parser.add_argument(
+        "--tracing-cost", action="store_true", help="Tracing off / on / off instead."
+    )
     args = parser.parse_args()
-    result = run_bench(args.workdir.resolve(), args.seconds, args.clients)
+    run = run_tracing_cost if args.tracing_cost else run_bench
+    result = run(args.workdir.resolve(), args.seconds, args.clients)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

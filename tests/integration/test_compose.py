@@ -185,6 +185,12 @@ SECRET_FILES = {
 }
 """The secrets the services read (README "Security"): variable -> compose secret."""
 
+OBSERVABILITY_SECRETS = {
+    "FITML_METRICS_KEY_FILE": "fitml_metrics_key",
+    "GRAFANA_ADMIN_PASSWORD_FILE": "grafana_admin_password",
+}
+"""Prometheus's scrape key (also a session API key) and Grafana's admin password."""
+
 
 def _runs(service: dict, command: str) -> bool:
     """Whether ``service`` runs ``fitml <command>`` (its image's CMD or its own command)."""
@@ -231,8 +237,9 @@ def test_secret_files_are_git_ignored_and_made_by_make_secrets() -> None:
     makefile = (ROOT / "Makefile").read_text()
     example = (ROOT / ".env.example").read_text()
     ignored = (ROOT / ".gitignore").read_text().split()
-    assert set(compose["secrets"]) == set(SECRET_FILES.values())
-    for variable, secret in SECRET_FILES.items():
+    every = {**SECRET_FILES, **OBSERVABILITY_SECRETS}
+    assert set(compose["secrets"]) == set(every.values())
+    for variable, secret in every.items():
         source = compose["secrets"][secret]["file"]
         match = VARIABLE.fullmatch(source)
         assert match and match.group(1) == variable, source
@@ -252,7 +259,14 @@ def test_make_secrets_writes_keys_the_services_accept(tmp_path: Path) -> None:
     argv = ["make", "-s", "-C", str(ROOT), "secrets", f"SECRETS_DIR={tmp_path / 's'}"]
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
     first = {p.name: p.read_text() for p in (tmp_path / "s").iterdir()}
-    assert set(first) == {"pseudonym_key", "service_token", "api_keys"}
+    assert set(first) == {
+        "pseudonym_key",
+        "service_token",
+        "api_keys",
+        "metrics_key",
+        "grafana_admin_password",
+    }
+    assert first["metrics_key"] in first["api_keys"].splitlines(keepends=True)
     subprocess.run(argv, check=True, capture_output=True, timeout=60)  # kept, not rotated
     assert {p.name: p.read_text() for p in (tmp_path / "s").iterdir()} == first
     env = {

@@ -171,6 +171,9 @@ def test_jwt_bearer_tokens_with_scopes_against_the_session_api(
         assert c.get("/metrics", headers=auth(token(key, "k1", "read"))).status_code == 403
         assert c.get("/metrics", headers=auth(token(key, "k1", "admin"))).status_code == 200
         assert c.get("/metrics", headers={"X-API-Key": KEY}).status_code == 200
+        # A scraper (Prometheus) sends its API key as a bearer token: accepted on /metrics only.
+        assert c.get("/metrics", headers=auth(KEY)).status_code == 200
+        assert c.get(f"{url}/{sid}", headers=auth(KEY)).status_code == 401
         for bad, why in (
             (token(key, "k1", "read", aud="someone-else"), "audience"),
             (token(key, "k1", "read", iss="https://evil.example/"), "issuer"),
