@@ -135,8 +135,10 @@ def test_evaluate_prints_the_tables_and_logs_them(second_run: tuple[Path, str]) 
 def test_mlflow_run_evaluate_logs_to_the_project_store(second_run: tuple[Path, str]) -> None:
     workdir = second_run[0]
     settings = load_settings("local", workdir)
+    # as from a fresh shell: the experiment and run this process may have set are not theirs
+    launcher = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in launcher},
         "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }
