@@ -27,12 +27,13 @@ import sys
 import warnings
 from typing import IO, Any, Final, TextIO
 
-LOGGER: Final = "fitml"
-"""The logger every stage reports progress on."""
+LOGGER: Final = "fitml.console"
+"""The logger every stage reports progress on (a child of ``fitml``: the services' own loggers,
+``fitml.session`` and ``fitml.prediction``, keep going to the process's JSON log)."""
 
 
 def emit(event: str, message: str, **fields: Any) -> None:
-    """Report one progress event on the ``fitml`` logger (rendered only when a CLI listens).
+    """Report one progress event on :data:`LOGGER` (rendered only when a CLI listens).
 
     Args:
         event: ``stage_start``, ``stage_end``, ``trial``, ``tuning_end`` or ``note``.

@@ -180,3 +180,16 @@ def served(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield service
     finally:
         stop_service(service.process)
+
+
+@pytest.fixture(autouse=True)
+def _in_process_metric_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's Prometheus registries count on their own.
+
+    Once BentoML has run in the test process, prometheus_client may keep every metric's value
+    in its multiprocess files, shared by all registries of the process: a session test would
+    then read the counts of the tests before it. The services run in processes of their own.
+    """
+    from prometheus_client import values
+
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)

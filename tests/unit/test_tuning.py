@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ml_pipeline.console import LOGGER
 from ml_pipeline.errors import InvalidValueError
 from training.tuning import TuningResult, class_sample_weights, tune_lightgbm
 
@@ -218,13 +219,13 @@ def test_timeout_also_stops_a_long_trial() -> None:
 
 
 def _progress(caplog: pytest.LogCaptureFixture) -> list[dict]:
-    return [r.fitml for r in caplog.records if r.name == "fitml" and hasattr(r, "fitml")]
+    return [r.fitml for r in caplog.records if r.name == LOGGER and hasattr(r, "fitml")]
 
 
 def test_each_trial_reports_progress_and_a_cut_budget_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("INFO", logger="fitml"):
+    with caplog.at_level("INFO", logger=LOGGER):
         _tune(0, n_trials=3, log_to_mlflow=False, label="fit model")
     events = _progress(caplog)
     trials = [e for e in events if e["event"] == "trial"]
@@ -235,7 +236,7 @@ def test_each_trial_reports_progress_and_a_cut_budget_is_named(
     assert events[-1]["event"] == "tuning_end" and events[-1]["note"] == ""
 
     caplog.clear()
-    with caplog.at_level("INFO", logger="fitml"):
+    with caplog.at_level("INFO", logger=LOGGER):
         _tune(0, n_trials=1000, timeout_s=1.0, log_to_mlflow=False, label="size model")
     end = _progress(caplog)[-1]
     assert end["event"] == "tuning_end"
