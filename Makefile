@@ -39,7 +39,7 @@ demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
 	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR) $(DEMO_ARGS)
 
 test: setup ## Run the test suite with line coverage of the packages
-	$(VENV)/bin/pytest -q --cov --cov-report=term:skip-covered -m "not benchmark"
+	$(VENV)/bin/pytest -q --cov --cov-report=term:skip-covered -m "not benchmark" --durations=40
 
 test-fast: setup ## Unit tests only
 	$(VENV)/bin/pytest -q tests/unit -m "not benchmark"

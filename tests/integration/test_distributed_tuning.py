@@ -176,7 +176,8 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(
     assert trials[lost].state == TrialState.FAIL
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == lost]
     assert len(retries) == 1 and retries[0].state in FINISHED
-    if trials[lost].params:  # killed after sampling: the same point is run again
-        assert retries[0].params == trials[lost].params
+    # Whatever the lost trial had sampled before the kill is run again at the same values
+    # (it may have died part-way through sampling, so the retry can hold more parameters).
+    assert trials[lost].params.items() <= retries[0].params.items()
     assert sum(t.state in FINISHED for t in trials.values()) == spec.n_trials
     assert states.count(TrialState.FAIL) == 1
