@@ -14,7 +14,10 @@ call per span site). When on:
 - ``OTEL_BSP_*``: the batch span processor's delay and queue sizes.
 
 The W3C ``traceparent`` header carries the trace from the session service into the
-prediction service (:func:`inject` on the client, :func:`server_span` on the server).
+prediction service (:func:`inject` on the client, :func:`server_span` on the server). Work
+done later, off the request (the outbox's delivery to the event store and the Feast push),
+keeps the ``traceparent`` of the request that queued it (:func:`current_traceparent`) and
+runs in a span continuing it (:func:`delivery_span`).
 The provider is kept here, not installed globally, so it cannot clash with a framework's own.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final
 
 from ml_pipeline.errors import ConfigError
@@ -180,3 +183,70 @@ def inject(headers: MutableMapping[str, str]) -> None:
     propagator = _state.get("propagator")
     if propagator is not None:
         propagator.inject(headers)
+
+
+def current_traceparent() -> str | None:
+    """The current span's W3C ``traceparent``, to store with queued work (None when off)."""
+    propagator = _state.get("propagator")
+    if propagator is None:
+        return None
+    carrier: dict[str, str] = {}
+    propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def delivery_span(
+    name: str,
+    traceparents: Iterable[str | None],
+    related: Iterable[str | None] = (),
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """A span for queued work delivered later, continuing the traces that queued it.
+
+    A batch queued in one trace (the usual case: one feedback event) is a child of the span
+    that queued it, so it shows in that trace; a batch queued in several traces starts a trace
+    of its own. Either way the span links every queuing span and every ``related`` one (the
+    OpenTelemetry messaging convention for batches). A no-op when tracing is off.
+
+    Args:
+        name: the span's name (``feast.push``, ``event_store.add_events``).
+        traceparents: the ``traceparent`` stored with each item when it was queued (None:
+            none was, e.g. tracing was off then).
+        related: more spans to link, not to continue (e.g. the start of the feedback's
+            session, a trace of its own).
+        attributes: the span's attributes.
+    """
+    tracer = _state.get("tracer")
+    if tracer is None:
+        return _NULL
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, set_span_in_context
+
+    queued = _span_contexts(traceparents)
+    links = {**queued, **_span_contexts(related)}
+    if len({c.trace_id for c in queued.values()}) == 1:
+        context = set_span_in_context(NonRecordingSpan(next(iter(queued.values()))))
+    else:
+        context = Context()  # a root: not a child of whatever runs the delivery
+    return tracer.start_as_current_span(
+        name,
+        context=context,
+        kind=SpanKind.CONSUMER,
+        links=[Link(c) for c in links.values()],
+        attributes=attributes,
+    )
+
+
+def _span_contexts(traceparents: Iterable[str | None]) -> dict[str, Any]:
+    """The valid span contexts of W3C ``traceparent`` values, by value (duplicates once)."""
+    from opentelemetry.trace import get_current_span
+
+    out: dict[str, Any] = {}
+    for traceparent in traceparents:
+        if not traceparent or traceparent in out:
+            continue
+        carrier = {"traceparent": traceparent}
+        context = get_current_span(_state["propagator"].extract(carrier)).get_span_context()
+        if context.is_valid:
+            out[traceparent] = context
+    return out

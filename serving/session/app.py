@@ -334,6 +334,9 @@ def create_app(
                         "status": status,
                         "ms": round(seconds * 1000, 2),
                         "key_id": getattr(request.state, "key_id", None),
+                        # the models that answered: the session's, for its reads and
+                        # feedback; {} when none did (size chart, refused, unknown session)
+                        "model_versions": getattr(request.state, "model_versions", {}),
                     },
                 )
             REQUEST_ID.reset(token)
@@ -424,15 +427,17 @@ def create_app(
         document = session.model_dump(mode="json")  # once: stored and sent
         variant = "size_chart" if session.degraded else answer.variant
         request.state.tryon_status = "degraded" if session.degraded else "ok"
+        request.state.model_versions = session.model_versions
+        stored = {**{k: v for k, v in document.items() if k != "feedback"}, "variant": variant}
+        traceparent = tracing.current_traceparent()
+        if traceparent is not None:  # the feedback's delivery spans link this session's trace
+            stored["traceparent"] = traceparent
         record = SessionRecord(
             session_id=session_id,
             created_at=session.created_at,
             user_id=body.user_id,
             product_id=body.product_id,
-            body={
-                **{k: v for k, v in document.items() if k != "feedback"},
-                "variant": variant,
-            },
+            body=stored,
         )
         try:
             await _save_session(s, record)
@@ -485,6 +490,7 @@ def create_app(
             if pending is None:
                 raise HTTPException(404, f"session_id {session_id!r} does not exist")
             record = SessionRecord.from_json(pending)
+        request.state.model_versions = record.body.get("model_versions") or {}
         stored = {e.event_id for e in events}
         pending_events = [
             FeedbackEvent.from_json(p)
@@ -534,6 +540,7 @@ def create_app(
         s = _services(request)
         idempotency_key(body.event_id, idempotency)  # a missing key is refused before any I/O
         record = await _find_session(s, session_id)
+        request.state.model_versions = record.body.get("model_versions") or {}
         sizes = {o["size"]: int(o["size_index"]) for o in record.body.get("sizes", [])}
         if body.size not in sizes:
             raise HTTPException(
@@ -552,6 +559,8 @@ def create_app(
             outcome=body.outcome,
             event_timestamp=datetime.now(UTC),
             notes={str(k): v for k, v in body.notes.items()},
+            traceparent=tracing.current_traceparent(),
+            session_traceparent=record.body.get("traceparent"),
         )
         # A resend after the event left the outbox (perhaps through another replica) is found
         # in the store; otherwise one atomic insert into the outbox's accepted keys decides.

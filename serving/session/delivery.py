@@ -10,6 +10,10 @@ Each pass (:meth:`Deliverer.deliver_once`) takes the due items of each kind in o
 4. ``pushed``: mark the events pushed in the event store, so a resent event id is not
    pushed twice.
 
+The ``event`` and ``push`` steps run in spans (``event_store.add_events``, ``feast.push``) that
+continue the trace of the feedback request and link its session's start
+(:func:`serving.tracing.delivery_span`; the ``traceparent`` travels with the event).
+
 An item leaves the outbox only when its step succeeded; a failed step is retried with
 exponential backoff. Nothing is lost while a store is down.
 
@@ -43,7 +47,7 @@ from serving.session.store import (
     StoreUnavailable,
     events_frame,
 )
-from serving.tracing import span
+from serving.tracing import delivery_span
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,20 @@ class DeliveryReport:
     failed: dict[str, int] = field(default_factory=dict)
     dead: dict[str, int] = field(default_factory=dict)
     """Items set aside in the dead-letter table (the store refused them)."""
+
+
+def _delivery_span(name: str, events: list[FeedbackEvent]) -> Any:
+    """A span continuing the trace of the feedback request that queued ``events``.
+
+    It also links the start of each event's session (a trace of its own, with the prediction
+    service's spans), so the push of a session's feedback is found by the session's trace id.
+    """
+    return delivery_span(
+        name,
+        [e.traceparent for e in events],
+        related=[e.session_traceparent for e in events],
+        attributes={"fitml.events": len(events)},
+    )
 
 
 class Deliverer:
@@ -219,7 +237,8 @@ class Deliverer:
         self, items: list[OutboxItem]
     ) -> list[tuple[str, str, str | None, str | None, str]]:
         events = [FeedbackEvent.from_json(i.payload) for i in items]
-        new = set(self.store.add_events(events))
+        with _delivery_span("event_store.add_events", events):
+            new = set(self.store.add_events(events))
         old = [e.event_id for e in events if e.event_id not in new]
         to_push = new | set(self.store.unpushed(old))
         return [
@@ -242,7 +261,7 @@ class Deliverer:
         assert self.push is not None
         events = [FeedbackEvent.from_json(i.payload) for i in items]
         try:
-            with span("feast.push", {"fitml.events": len(events)}):
+            with _delivery_span("feast.push", events):
                 self.push(events_frame(events))
         except (ValueError, KeyError, TypeError):
             raise  # the feature store refused the data: isolate, then set aside

@@ -73,11 +73,19 @@ class FeedbackEvent:
     outcome: str
     event_timestamp: datetime
     notes: dict[str, str] = field(default_factory=dict)
+    traceparent: str | None = field(default=None, compare=False)
+    """The W3C ``traceparent`` of the request that accepted it: its delivery (event store,
+    Feast push) continues that trace. Travels in the outbox only, never stored."""
+    session_traceparent: str | None = field(default=None, compare=False)
+    """The ``traceparent`` of its session's start, which the delivery spans link to."""
 
     def to_json(self) -> str:
         """The event as one JSON document (for the outbox)."""
         data = asdict(self)
         data["event_timestamp"] = self.event_timestamp.isoformat()
+        for key in ("traceparent", "session_traceparent"):  # absent while tracing is off
+            if data[key] is None:
+                del data[key]
         return json.dumps(data)
 
     @classmethod

@@ -274,6 +274,13 @@ class OtlpReceiver:
                                         "trace_id": s.trace_id.hex(),
                                         "span_id": s.span_id.hex(),
                                         "parent_id": s.parent_span_id.hex(),
+                                        "links": [
+                                            {
+                                                "trace_id": link.trace_id.hex(),
+                                                "span_id": link.span_id.hex(),
+                                            }
+                                            for link in s.links
+                                        ],
                                     }
                                 )
                 payload = ExportTraceServiceResponse().SerializeToString()

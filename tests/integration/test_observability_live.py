@@ -7,8 +7,9 @@ running the project's configuration (deploy/observability/prometheus/prometheus.
 rewritten to this test's ports, intervals shortened to 1 s; the rules are the project's).
 
 1. One session is one trace with spans from both services (feature read, model prediction,
-   event-store write), its feedback reaches Feast in a ``feast.push`` span, and the session
-   service's JSON log line carries the trace id.
+   event-store write); its feedback reaches Feast in a ``feast.push`` span that continues the
+   feedback request's trace and links the session's; the session service's JSON line of each
+   request carries its request id, trace id and the model versions that answered.
 2. Prometheus scrapes every target, the SLI series exist, and with the prediction service
    stopped the degraded-share alert goes pending (then firing, after its 5 minutes).
 3. Every PromQL expression of every dashboard is valid against that Prometheus and uses only
@@ -274,19 +275,39 @@ def test_one_session_is_one_trace_across_both_services(stack: Stack) -> None:
         s for s in found if s["service"] == "fitml-prediction" and s["name"].startswith("POST")
     ]
     assert predict_server and by_id[predict_server[0]["parent_id"]]["service"] == "fitml-session"
-    # Feedback reaches the feature store in a push span of its own (the delivery loop).
-    wait_until(
-        lambda: any(s["name"] == "feast.push" for s in stack.receiver.spans),
-        30,
-        "a feast.push span",
-    )
-    # The session service's log line of this request names the same trace, and no raw user id.
+    # The feedback reaches the feature store later (the outbox's delivery loop), in a push span
+    # that continues the feedback request's trace and links the session start's span.
     trace_id = found[0]["trace_id"]
+    (start,) = [s for s in found if s["name"] == "POST /api/v1/tryon/sessions"]
+
+    session_link = {"trace_id": trace_id, "span_id": start["span_id"]}
+
+    def push_of_session() -> dict[str, Any] | None:
+        for s in list(stack.receiver.spans):
+            if s["name"] == "feast.push" and session_link in s["links"]:
+                return s
+        return None
+
+    push = wait_until(push_of_session, 30, "a feast.push span linked to the session's trace")
+    feedback_trace = [s for s in stack.receiver.spans if s["trace_id"] == push["trace_id"]]
+    by_id = {s["span_id"]: s for s in feedback_trace}
+    assert push["service"] == "fitml-session" and push["trace_id"] != trace_id
+    assert by_id[push["parent_id"]]["name"].endswith("/feedback"), feedback_trace
+    assert "event_store.add_events" in {s["name"] for s in feedback_trace}
+    # Each request's log line names its request id, its trace and the models that answered;
+    # no raw user id anywhere in the log.
     lines = [
         json.loads(x) for x in stack.session.log_path.read_text().splitlines() if x.startswith("{")
     ]
-    mine = [x for x in lines if x.get("request_id") == request_id and x["msg"] == "session started"]
-    assert mine and mine[0]["trace_id"] == trace_id and mine[0]["model_versions"], mine
+    mine = [x for x in lines if x.get("request_id") == request_id]
+    started = [x for x in mine if x["msg"] == "session started"]
+    assert started and started[0]["trace_id"] == trace_id and started[0]["model_versions"], mine
+    requests = {x["route"]: x for x in mine if x["msg"] == "request"}
+    assert set(requests) == {f"{API}/sessions", f"{API}/sessions/{{session_id}}/feedback"}, mine
+    assert requests[f"{API}/sessions"]["trace_id"] == trace_id
+    assert requests[f"{API}/sessions/{{session_id}}/feedback"]["trace_id"] == push["trace_id"]
+    for line in requests.values():
+        assert line["model_versions"] == session["model_versions"] != {}, line
     assert stack.bodies[0]["user_id"] not in stack.session.log_path.read_text()
 
 

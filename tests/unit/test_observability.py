@@ -181,6 +181,131 @@ def test_session_app_traces_a_session_and_its_store_write(traced: Any, tmp_path:
     assert spans["event_store.save_session"].parent.span_id == server.context.span_id
 
 
+def test_feedback_delivery_continues_the_feedback_trace_and_links_the_session(
+    traced: Any, tmp_path: Path
+) -> None:
+    pushed: list[Any] = []
+    services = make_services(tmp_path, lambda r: httpx.Response(200, json=model_answer()))
+    services.deliverer.push = pushed.append
+    with TestClient(create_app(services), headers={"X-API-Key": KEY}) as client:
+        sid = client.post(
+            "/api/v1/tryon/sessions", json={"user_id": "U1", "product_id": "P1"}
+        ).json()["session_id"]
+        sent = client.post(
+            f"/api/v1/tryon/sessions/{sid}/feedback",
+            json={"event_id": "e-trace", "size": "L", "outcome": "fit"},
+        )
+        assert sent.status_code == 202
+    # the app's shutdown ran a last delivery pass: the event is stored and pushed (the
+    # shutdown pass may repeat a push the background pass was making: pushes are idempotent)
+    assert services.store.has_event("e-trace") and pushed
+    assert {e for frame in pushed for e in frame["event_id"]} == {"e-trace"}
+    spans = traced.get_finished_spans()
+    start = next(s for s in spans if s.name == "POST /api/v1/tryon/sessions")
+    feedback = next(s for s in spans if s.name.endswith("/feedback"))
+    assert start.context.trace_id != feedback.context.trace_id  # two requests, two traces
+    for name in ("event_store.add_events", "feast.push"):
+        deliveries = [s for s in spans if s.name == name]
+        assert deliveries, name
+        for delivery in deliveries:
+            assert delivery.context.trace_id == feedback.context.trace_id, name
+            assert delivery.parent.span_id == feedback.context.span_id, name
+            linked = {(link.context.trace_id, link.context.span_id) for link in delivery.links}
+            assert (start.context.trace_id, start.context.span_id) in linked, name
+            assert delivery.attributes["fitml.events"] == 1
+    # the trace context travels in the outbox only: the stored event has none
+    (stored,) = services.store.session_events(sid)
+    assert stored.traceparent is None and stored.session_traceparent is None
+
+
+def test_a_batch_from_several_traces_is_a_root_linking_each(traced: Any) -> None:
+    parents = []
+    for name in ("request-a", "request-b"):
+        with tracing.span(name):
+            parents.append(tracing.current_traceparent())
+    with tracing.delivery_span("feast.push", [*parents, parents[0], None, "garbage"]):
+        pass
+    with tracing.delivery_span("feast.push.untraced", [None]):
+        pass
+    spans = {s.name: s for s in traced.get_finished_spans()}
+    batch, untraced = spans["feast.push"], spans["feast.push.untraced"]
+    assert batch.parent is None and untraced.parent is None
+    assert {link.context.trace_id for link in batch.links} == {
+        spans["request-a"].context.trace_id,
+        spans["request-b"].context.trace_id,
+    }
+    assert len(batch.links) == 2 and not untraced.links
+    assert batch.context.trace_id not in {link.context.trace_id for link in batch.links}
+
+
+def test_delivery_spans_cost_a_shared_no_op_when_off() -> None:
+    assert not tracing.enabled()
+    assert tracing.current_traceparent() is None
+    assert tracing.delivery_span("feast.push", ["00-" + "1" * 32 + "-" + "2" * 16 + "-01"]) is (
+        tracing.span("x")
+    )
+
+
+def test_each_request_log_line_carries_request_trace_and_model_versions(
+    traced: Any, tmp_path: Path
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    calls = iter([httpx.Response(200, json=model_answer()), httpx.Response(503)])
+    services = make_services(tmp_path, lambda r: next(calls, httpx.Response(503)))
+    try:
+        logs.configure_logging("session", json_lines=True, stream=stream)
+        with TestClient(create_app(services), headers={"X-API-Key": KEY}) as client:
+            answered = client.post(
+                "/api/v1/tryon/sessions",
+                json={
+                    "user_id": "shopper-secret-41",
+                    "product_id": "P1",
+                    "measurements": {"chest_cm": 97.25},
+                },
+                headers={"X-Request-ID": "req-start"},
+            )
+            sid = answered.json()["session_id"]
+            client.post(
+                f"/api/v1/tryon/sessions/{sid}/feedback",
+                json={
+                    "event_id": "e-log",
+                    "size": "L",
+                    "outcome": "fit",
+                    "notes": {"waist": "a secret note"},
+                },
+                headers={"X-Request-ID": "req-feedback"},
+            )
+            client.get(f"/api/v1/tryon/sessions/{sid}", headers={"X-Request-ID": "req-read"})
+            degraded = client.post(
+                "/api/v1/tryon/sessions",
+                json={"product_id": "P1", "measurements": {"chest_cm": 97.25}},
+                headers={"X-Request-ID": "req-degraded"},
+            )
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert degraded.json()["degraded"]
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    requests = {x["request_id"]: x for x in lines if x["msg"] == "request"}
+    assert set(requests) == {"req-start", "req-feedback", "req-read", "req-degraded"}
+    server_traces = {
+        f"{s.context.trace_id:032x}" for s in traced.get_finished_spans() if s.kind.name == "SERVER"
+    }
+    versions = model_answer()["model_versions"]
+    for request_id in ("req-start", "req-feedback", "req-read"):
+        line = requests[request_id]
+        assert line["model_versions"] == versions, line
+        assert line["trace_id"] in server_traces and len(line["span_id"]) == 16, line
+        assert line["service"] == "session" and line["status"] in (200, 201, 202), line
+    assert requests["req-degraded"]["model_versions"] == {}  # the size chart answered
+    assert len({x["trace_id"] for x in requests.values()}) == 4  # one trace per request
+    for secret in ("shopper-secret-41", "97.25", "a secret note"):
+        assert secret not in text
+
+
 # -- metrics ----------------------------------------------------------------------------
 
 
