@@ -414,15 +414,21 @@ def create_app(
                 404, f"product_id {body.product_id!r} has no size chart; check the product id"
             )
         session_id = uuid.uuid4().hex
+        called = time.perf_counter()
         try:
             answer = await s.client.recommend(body.model_dump(exclude_none=True, mode="json"))
         except ProductNotFound as exc:
+            s.metrics.observe_prediction("not_found", time.perf_counter() - called)
             raise HTTPException(404, f"product_id {body.product_id!r}: {exc}") from None
         except PredictionRejected as exc:
+            s.metrics.observe_prediction("rejected", time.perf_counter() - called)
             raise HTTPException(422, f"the prediction service refused the request: {exc}") from None
         except PredictionUnavailable as exc:
+            if exc.reason != "circuit_open":  # not called: no latency to record
+                s.metrics.observe_prediction(exc.reason, time.perf_counter() - called)
             session = await _degraded(s, session_id, body, chart, exc)
         else:
+            s.metrics.observe_prediction("ok", time.perf_counter() - called)
             session = _from_model(session_id, body, chart, answer)
         document = session.model_dump(mode="json")  # once: stored and sent
         variant = "size_chart" if session.degraded else answer.variant

@@ -84,9 +84,11 @@ class Metrics:
         )
         self.prediction_latency = Histogram(
             "fitml_session_prediction_seconds",
-            "Latency of calls to the prediction service (with retries)",
+            "Latency of the session service's calls to the prediction service (retries "
+            "included), by result: ok, not_found, rejected, or why no usable answer came "
+            "(timeout, connection, server_error, bad_response); not while the circuit is open",
             ["result"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.circuit_open = Gauge(
@@ -140,6 +142,18 @@ class Metrics:
         )
         for status in ("ok", "degraded"):  # the degraded share exists from the first scrape
             self.tryon_sessions.labels(status)
+        self.prediction_latency.labels("ok")
+
+    def observe_prediction(self, result: str, seconds: float) -> None:
+        """Record one call to the prediction service (``fitml_session_prediction_seconds``).
+
+        Args:
+            result: ``ok``, ``not_found``, ``rejected``, or the reason of a
+                :class:`~serving.session.client.PredictionUnavailable` (but
+                ``circuit_open``: no call was made).
+            seconds: from the call to its answer or failure, retries included.
+        """
+        self.prediction_latency.labels(result).observe(seconds)
 
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, state: Any

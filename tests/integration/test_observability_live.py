@@ -327,6 +327,7 @@ def test_prometheus_scrapes_the_slis_and_the_degraded_alert_fires(stack: Stack) 
         "tryon_session_duration_seconds_bucket",
         "tryon_feedback_total",
         'fitml_session_request_seconds_bucket{le="0.2"}',
+        'fitml_session_prediction_seconds_bucket{result="ok"}',
         "fitml_answers_total",
         "fitml_prediction_seconds_bucket",
         "fitml_recommendation_confidence_bucket",
@@ -397,17 +398,19 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def recording_rules() -> dict[str, str]:
-    out = {}
-    for path in (PROM_DIR / "rules").glob("*.yml"):
+def rules() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((PROM_DIR / "rules").glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                if "record" in rule:
-                    out[rule["record"]] = rule["expr"]
+            out.extend(group["rules"])
     return out
 
 
-def test_every_dashboard_query_is_valid_against_scraped_series(stack: Stack) -> None:
+def recording_rules() -> dict[str, str]:
+    return {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
+
+
+def test_every_dashboard_and_rule_query_is_valid_against_scraped_series(stack: Stack) -> None:
     scraped = set(httpx.get(f"{stack.prometheus}/api/v1/label/__name__/values").json()["data"])
     records = recording_rules()
 
@@ -416,17 +419,22 @@ def test_every_dashboard_query_is_valid_against_scraped_series(stack: Stack) -> 
             return set().union(*(resolve(n) for n in metric_names(records[name])))
         return {name}
 
+    def check(where: str, expr: str) -> None:
+        query(stack, expr)
+        used = set().union(*(resolve(n) for n in metric_names(expr)))
+        assert used, (where, expr)
+        missing = used - scraped
+        assert not missing, f"{where}: {sorted(missing)} not scraped"
+
     checked = 0
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel["targets"]:
-                expr = target.get("expr")
-                if not expr:
-                    continue
-                query(stack, expr)
-                used = set().union(*(resolve(n) for n in metric_names(expr)))
-                assert used, (path.name, panel["title"], expr)
-                missing = used - scraped
-                assert not missing, f"{path.name} / {panel['title']}: {sorted(missing)} not scraped"
-                checked += 1
+                if target.get("expr"):
+                    check(f"{path.name} / {panel['title']}", target["expr"])
+                    checked += 1
     assert checked >= 30
+    for rule in rules():  # alerts and recording rules: no rule may watch a series nobody exports
+        check(rule.get("alert") or rule["record"], rule["expr"])
+        checked += 1
+    assert checked >= 60

@@ -416,6 +416,31 @@ def test_live_app_counts_sessions_feedback_and_serves_a_bearer_scrape(tmp_path: 
     assert grew('tryon_sessions_total{status="not_found"}') == 1
     assert grew('tryon_feedback_total{agrees="true",outcome="too_large",variant="champion"}') == 1
     assert 'fitml_session_request_seconds_bucket{le="0.2"' in text
+    assert grew('fitml_session_prediction_seconds_count{result="ok"}') == 1  # the one call
+
+
+def test_prediction_calls_are_timed_by_result(tmp_path: Path) -> None:
+    answers = iter(
+        [httpx.Response(200, json=model_answer()), httpx.Response(404, json={"detail": "no"})]
+    )
+    services = make_services(tmp_path, lambda r: next(answers, httpx.Response(503)))
+    m = services.metrics
+    results = ("ok", "not_found", "server_error", "circuit_open")
+    guest = {"product_id": "P1", "measurements": {"chest_cm": 100.0}}
+    before = {r: sample(m, "fitml_session_prediction_seconds_count", result=r) for r in results}
+    with TestClient(create_app(services), headers={"X-API-Key": KEY}) as client:
+        codes = [
+            client.post("/api/v1/tryon/sessions", json=guest).status_code
+            for _ in range(6)  # ok, 404, then 503s until the circuit opens (2 failures)
+        ]
+    assert codes == [201, 404, 201, 201, 201, 201]
+    grew = {
+        r: sample(m, "fitml_session_prediction_seconds_count", result=r) - before[r]
+        for r in results
+    }
+    assert grew == {"ok": 1, "not_found": 1, "server_error": 2, "circuit_open": 0}
+    assert sample(m, "fitml_session_degraded_answers_total", reason="circuit_open") >= 2
+    assert sample(m, "fitml_session_prediction_seconds_sum", result="ok") > 0
 
 
 def test_scrape_key_reads_api_key_or_bearer() -> None:
