@@ -12,8 +12,9 @@ rewritten to this test's ports, intervals shortened to 1 s; the rules are the pr
    request carries its request id, trace id and the model versions that answered.
 2. Prometheus scrapes every target, the SLI series exist, and with the prediction service
    stopped the degraded-share alert goes pending (then firing, after its 5 minutes).
-3. Every PromQL expression of every dashboard is valid against that Prometheus and uses only
-   metric names it scraped (or recording rules built from them).
+3. Every PromQL expression of every dashboard and every rule is valid against that
+   Prometheus and uses only metric names it scraped (or recording rules built from them);
+   the firing alerts' runbook links resolve to a section of docs/runbook.md.
 """
 
 from __future__ import annotations
@@ -363,6 +364,18 @@ def test_prometheus_scrapes_the_slis_and_the_degraded_alert_fires(stack: Stack) 
     )
     at_least(stack, "sum(fitml_session_degraded_answers_total)", 10)
     at_least(stack, 'sum(tryon_sessions_total{status="degraded"})', 10)
+    # The alerts' runbook links: the deployment's base, then the alert's runbook section.
+    base = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())["global"]["external_labels"][
+        "runbook_base"
+    ]
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    alerts = httpx.get(f"{stack.prometheus}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    names = {a["labels"]["alertname"] for a in alerts}
+    assert {"TryonDegradedShareHigh", "PredictionServiceDown"} <= names
+    for alert in alerts:
+        name = alert["labels"]["alertname"]
+        assert alert["annotations"]["runbook_url"] == f"{base}/docs/runbook.md#{name.lower()}"
+        assert f"\n## {name}\n" in runbook, name
 
 
 def at_least(stack: Stack, expr: str, n: float, timeout_s: float = 20) -> None:

@@ -2,7 +2,8 @@
 
 - ``promtool check config`` / ``check rules`` / ``test rules`` pass on deploy/observability.
 - Every alert is exercised by a ``promtool test rules`` case that expects it to fire.
-- Every alert links a runbook that exists in the README's "Operate" section.
+- Every alert links its own section of docs/runbook.md (what it means, what to do) under the
+  deployment's ``runbook_base`` (prometheus.yml's external labels).
 - Every dashboard loads, every panel has a query and a provisioned data source.
 - The drift dashboard's SQL runs against a real drift history table in PostgreSQL.
 
@@ -84,17 +85,43 @@ def test_every_alert_has_a_test_that_expects_it_to_fire() -> None:
     assert alert_names() - fired == set(), "alerts no promtool test expects to fire"
 
 
-def test_every_alert_links_a_runbook_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)}
-    assert "operate" in anchors, "README has no Operate section"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK_URL = "{{ $externalLabels.runbook_base }}/docs/runbook.md#"
+
+
+def runbook_sections() -> dict[str, str]:
+    """The runbook's ``##`` sections by GitHub anchor: their text up to the next one."""
+    parts = re.split(r"^## (.+)$", RUNBOOK.read_text(), flags=re.M)
+    return {github_anchor(h): body for h, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_alert_links_its_own_runbook_section() -> None:
+    sections = runbook_sections()
+    linked = set()
     for rule in rules():
         if "alert" not in rule:
             continue
         url = rule["annotations"].get("runbook_url", "")
-        assert url.startswith("README.md#"), (rule["alert"], url)
-        assert url.split("#", 1)[1] in anchors, (rule["alert"], url)
+        anchor = github_anchor(rule["alert"])
+        assert url == RUNBOOK_URL + anchor, (rule["alert"], url)
+        assert anchor in sections, f"docs/runbook.md has no section '## {rule['alert']}'"
+        body = sections[anchor]
+        assert "**What it means.**" in body and "**What to do.**" in body, rule["alert"]
         assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+        linked.add(anchor)
+    assert set(sections) == linked, "runbook sections of no alert: " + str(set(sections) - linked)
+    # the README's links into the runbook, and the runbook's own, resolve too
+    readme_links = re.findall(r"\(docs/runbook\.md#([\w-]+)\)", (ROOT / "README.md").read_text())
+    own_links = re.findall(r"\]\(#([\w-]+)\)", RUNBOOK.read_text())
+    assert readme_links, "the README's Operate section links no runbook section"
+    for target in readme_links + own_links:
+        assert target in sections, f"a link to docs/runbook.md#{target}: no such section"
+
+
+def test_the_runbook_base_is_an_absolute_url() -> None:
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    base = config["global"]["external_labels"]["runbook_base"]
+    assert re.match(r"^https?://[^/\s]+(/\S*)?$", base) and not base.endswith("/"), base
 
 
 def test_dashboards_load_and_every_panel_has_a_provisioned_source() -> None:
