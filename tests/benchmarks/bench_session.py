@@ -148,6 +148,7 @@ def off_hook_cost_ns(n: int = 200_000) -> dict[str, float]:
     def per_request() -> None:  # the span sites of one session start, off
         with tracing.span(f"event_store.{getattr(per_request, '__name__', 'call')}"):
             pass
+        tracing.current_traceparent()  # kept with the session record (and with feedback)
         tracing.inject(headers)
         with tracing.span("features.online_read"):
             pass
