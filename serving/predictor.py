@@ -25,6 +25,7 @@ import numpy as np
 from ml_pipeline.settings import Settings
 from serving.inference_log import InferenceLog
 from serving.pseudonym import Pseudonymizer, digest_of, load_pseudonymizer
+from serving.reco_cache import AnswerCache, answer_key, cache_from_env
 from serving.recommend import Recommendation, recommend_rows
 from serving.schemas import (
     FitPrediction,
@@ -100,6 +101,9 @@ class Predictor:
         now: the clock for feature freshness (tests pin it).
         pseudonyms: the keyed pseudonyms of user ids in the inference log (default: the
             deployment's keys, :func:`serving.pseudonym.load_pseudonymizer`, at :meth:`load`).
+        cache: where answers are kept by what the models see (default: the one
+            ``FITML_RECO_CACHE`` asks for, :func:`serving.reco_cache.cache_from_env`, at
+            :meth:`load`; ``FITML_RECO_CACHE=off`` for none).
     """
 
     def __init__(
@@ -110,9 +114,11 @@ class Predictor:
         shadow: bool = False,
         now: Any = None,
         pseudonyms: Pseudonymizer | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.settings = settings
         self.pseudonyms = pseudonyms
+        self.cache = cache
         share = settings.serving.challenger_share if challenger_share is None else challenger_share
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"challenger_share must be within [0, 1], got {share}")
@@ -145,6 +151,8 @@ class Predictor:
                 challenger = load_registered(self.settings, CHALLENGER)
         if self.pseudonyms is None:
             self.pseudonyms = load_pseudonymizer(self.settings)
+        if self.cache is None:
+            self.cache = cache_from_env(namespace=self.settings.feast.project)
         self.variants_: dict[str, LoadedModels] = {CHAMPION: champion}
         if challenger is not None:
             self.variants_[CHALLENGER] = challenger
@@ -259,11 +267,18 @@ class Predictor:
         user_hash = self._pseudonym(user_id)
         variant = self.variant_for(user_hash)
         models = self.variants_[variant]
-        columns = _columns([row])
-        with span("model.recommend", {"fitml.variant": variant}):
-            rec = recommend_rows(columns, models.fit, models.size, [fallbacks])[0]
-        if rec is None:  # the product has a chart: feature_row checked
-            raise UnknownProductError(product_id)
+        key = rec = None
+        if self.cache is not None:
+            key = answer_key(row, fallbacks, models.versions)
+            rec = self.cache.get(key)
+        cached = "off" if key is None else "miss" if rec is None else "hit"
+        if rec is None:
+            with span("model.recommend", {"fitml.variant": variant}):
+                rec = recommend_rows(_columns([row]), models.fit, models.size, [fallbacks])[0]
+            if rec is None:  # the product has a chart: feature_row checked
+                raise UnknownProductError(product_id)
+            if key is not None:
+                self.cache.put(key, rec)  # type: ignore[union-attr]
         response = to_response(rec, models.versions, uuid.uuid4().hex, variant)
         if log:
             self.log_.append(
@@ -281,9 +296,10 @@ class Predictor:
                     "fallbacks": list(rec.fallbacks),
                     "sizes": [[s.size, s.p_too_small, s.p_fit, s.p_too_large] for s in rec.sizes],
                     "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "cache": cached,
                 },
                 features=row,
-                shadow=columns if self.shadow and CHALLENGER in self.variants_ else None,
+                shadow=_columns([row]) if self.shadow and CHALLENGER in self.variants_ else None,
             )
         return response
 

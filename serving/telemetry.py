@@ -39,6 +39,7 @@ class PredictionMetrics:
       index (the fit model moving the answer up or down).
     - ``fitml_model_registered_timestamp_seconds{model, variant, version}``: when each loaded
       model version was registered (the champion's age).
+    - ``fitml_reco_cache_total{result}``: recommendation cache lookups (``hit``, ``miss``).
     """
 
     def __init__(self) -> None:
@@ -80,6 +81,11 @@ class PredictionMetrics:
             labelnames=["model", "variant", "version"],
             multiprocess_mode="max",
         )
+        self.cache = m.Counter(
+            name="fitml_reco_cache_total",
+            documentation="Recommendation cache lookups by result (hit, miss)",
+            labelnames=["result"],
+        )
 
     def count(self, endpoint: str, variant: str, outcome: str, n: int = 1) -> None:
         """Count ``n`` answers."""
@@ -95,6 +101,8 @@ class PredictionMetrics:
             )
         if endpoint != "recommend":
             return
+        if record.get("cache") in ("hit", "miss"):
+            self.cache.labels(result=record["cache"]).inc()
         if record.get("confidence") is not None:
             self.confidence.labels(variant=variant).observe(float(record["confidence"]))
         size = record.get("recommended_size")

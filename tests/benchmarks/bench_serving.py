@@ -335,7 +335,14 @@ def run_benchmark(workdir: Path, seconds: float, repeats: int, out_dir: Path) ->
     raw = bodies_for(workdir)
     bodies = [json.dumps(b).encode() for b in raw]
     bin_dir = str(Path(PY).parent)  # `mlflow models serve` runs `uvicorn` from PATH
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    # The servers' own cost per answer: the recommendation cache would answer the repeated
+    # bodies from memory (bench_reco_cache measures the cache on a realistic replay).
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FITML_RECO_CACHE": "off",
+    }
     app_file = out_dir / "fastapi_floor.py"
     app_file.write_text(FASTAPI_APP)
     ml_bodies = mlflow_bodies(workdir, raw)

@@ -93,7 +93,11 @@ def run_bench(
         lines = (clone.workdir / "examples" / "recommend.jsonl").read_text().splitlines()
         bodies = [json.loads(line) for line in lines]
         prediction = ServiceProcess(
-            ["serve", "--workdir", str(clone.workdir)], free_port(), root / "predict.log", env=env
+            ["serve", "--workdir", str(clone.workdir)],
+            free_port(),
+            root / "predict.log",
+            # the prediction service's own cost: its cache would answer the repeated bodies
+            env={"FITML_RECO_CACHE": "off", **(env or {})},
         )
         sessions = ServiceProcess(
             [

@@ -457,6 +457,7 @@ def test_prediction_metrics_observe_inference_records() -> None:
 
     m = PredictionMetrics()
     before = REGISTRY.get_sample_value("fitml_size_shift_count", {"variant": "challenger"}) or 0
+    hits = REGISTRY.get_sample_value("fitml_reco_cache_total", {"result": "hit"}) or 0
     seen: list[str] = []
     hook = m.hook(lambda rec, shadow: seen.append(rec["request_id"]))
     hook(
@@ -470,6 +471,7 @@ def test_prediction_metrics_observe_inference_records() -> None:
             "expected_index": 3.2,
             "sizes": [["S", 0.6, 0.3, 0.1], ["M", 0.2, 0.7, 0.1]],
             "latency_ms": 3.5,
+            "cache": "hit",
         },
         None,
     )
@@ -477,6 +479,7 @@ def test_prediction_metrics_observe_inference_records() -> None:
     assert seen == ["r1", "r2"]
     after = REGISTRY.get_sample_value("fitml_size_shift_count", {"variant": "challenger"})
     assert after == before + 1
+    assert REGISTRY.get_sample_value("fitml_reco_cache_total", {"result": "hit"}) == hits + 1
     p_fit = REGISTRY.get_sample_value(
         "fitml_recommended_p_fit_bucket", {"variant": "challenger", "le": "0.7"}
     )
