@@ -744,14 +744,27 @@ class Outbox:
         return counts
 
     def dead(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The oldest dead-letter items (id, kind, key, reason, attempts, dead_at)."""
+        """The oldest dead-letter items (id, kind, key, session_id, reason, attempts, dead_at).
+
+        The payload (feedback notes, user ids) is not returned: what an operator needs is
+        which item and why.
+        """
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, kind, key, reason, attempts, dead_at FROM dead_letter ORDER BY id "
-                "LIMIT ?",
+                "SELECT id, kind, key, session_id, reason, attempts, dead_at FROM dead_letter "
+                "ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        names = ("id", "kind", "key", "reason", "attempts", "dead_at")
+        names = ("id", "kind", "key", "session_id", "reason", "attempts", "dead_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def items(self) -> list[dict[str, Any]]:
+        """Pending items (id, kind, key, attempts, last_error), oldest first, without payloads."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, key, attempts, last_error FROM outbox ORDER BY id"
+            ).fetchall()
+        names = ("id", "kind", "key", "attempts", "last_error")
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def requeue(self, ids: Sequence[int]) -> int:
