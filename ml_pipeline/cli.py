@@ -422,6 +422,10 @@ def forget_user_cmd(
     settings = _settings(workdir, profile)
     report = forget_user(settings, user_id, event_store_spec(settings), table_prefix())
     _echo_json(report.as_dict())
+    if report.incomplete:
+        for reason in report.incomplete:
+            typer.secho(f"fitml: error: erasure incomplete: {reason}", err=True, fg="red")
+        raise SystemExit(2)
 
 
 def _outbox(settings: Settings) -> Any:
