@@ -544,7 +544,8 @@ class PostgresEventStore(_SqlEventStore):
             with psycopg.connect(
                 self.dsn, connect_timeout=self.connect_timeout_s, autocommit=True
             ) as conn:
-                horizon = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+                row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+                horizon = row[0] if row else "0"
                 deadline = time.monotonic() + wait_s
                 while True:
                     older = conn.execute(
