@@ -36,6 +36,11 @@ app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(experiment_app, name="experiment")
 bento_app = typer.Typer(help="The prediction service as a Bento.", no_args_is_help=True)
 app.add_typer(bento_app, name="bento")
+dead_letters_app = typer.Typer(
+    help="Sessions and feedback a store refused: the session outbox's dead-letter table.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
 
 Workdir = Annotated[
     Path, typer.Option("--workdir", "-w", help="Where everything the run writes lives.")
@@ -416,6 +421,104 @@ def forget_user_cmd(
 
     settings = _settings(workdir, profile)
     report = forget_user(settings, user_id, event_store_spec(settings), table_prefix())
+    _echo_json(report.as_dict())
+    if report.incomplete:
+        for reason in report.incomplete:
+            typer.secho(f"fitml: error: erasure incomplete: {reason}", err=True, fg="red")
+        raise SystemExit(2)
+
+
+def _outbox(settings: Settings) -> Any:
+    from serving.session.store import Outbox
+
+    path = settings.workdir / "session" / "outbox.db"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no session outbox at {path}; run this where `fitml session-service` keeps its "
+            "work directory (--workdir)"
+        )
+    return Outbox(path)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+    kind: Annotated[
+        str | None, typer.Option(help="Only this kind: session, event, push or pushed.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What the stores refused, oldest first: id, kind, key, attempts, when and why."""
+    outbox = _outbox(_settings(workdir, profile))
+    try:
+        rows = [d for d in outbox.dead(limit=1_000_000) if kind is None or d["kind"] == kind]
+        counts = outbox.dead_letters()
+    finally:
+        outbox.close()
+    if as_json:
+        _echo_json({"counts": counts, "items": rows[:limit]})
+        return
+    from datetime import UTC, datetime
+
+    typer.echo(f"{len(rows)} dead letter(s): " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    for d in rows[:limit]:
+        when = datetime.fromtimestamp(d["dead_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(
+            f"{d['id']:>6}  {d['kind']:<7} {d['key']:<36} attempts {d['attempts']:<3} "
+            f"{when}Z  {d['reason']}"
+        )
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Dead-letter ids (from `list`) to put back.")
+    ] = None,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Put back every dead letter (of --kind).")
+    ] = False,
+    kind: Annotated[
+        str | None, typer.Option(help="Only this kind: session, event, push or pushed.")
+    ] = None,
+    deliver: Annotated[
+        bool,
+        typer.Option(
+            help="Run one delivery pass now, to the profile's stores, and say where each item "
+            "ended (for a stopped service; a running one delivers them within a second)."
+        ),
+    ] = False,
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+) -> None:
+    """Put dead letters back into the outbox once their cause is fixed."""
+    from serving.session.config import event_store_spec, table_prefix
+    from serving.session.delivery import Deliverer, feast_push, replay_dead_letters
+    from serving.session.store import open_event_store
+
+    if not ids and not replay_all:
+        raise typer.BadParameter("give dead-letter ids (see `fitml dead-letters list`) or --all")
+    if ids and replay_all:
+        raise typer.BadParameter("give either dead-letter ids or --all, not both")
+    settings = _settings(workdir, profile)
+    outbox = _outbox(settings)
+    store = None
+    try:
+        deliverer = None
+        if deliver:
+            store = open_event_store(
+                event_store_spec(settings), settings.workdir / "session", table_prefix()
+            )
+            deliverer = Deliverer(outbox, store, feast_push(settings))
+        try:
+            report = replay_dead_letters(outbox, ids or None, kind, deliverer)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    finally:
+        if store is not None:
+            store.close()
+        outbox.close()
     _echo_json(report.as_dict())
 
 

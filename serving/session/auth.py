@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ class JwtVerifier:
         audience: the ``aud`` every token must carry (this API's identifier).
         jwks_file: the issuer's JSON Web Key Set as a file, re-read when it changes; a key
             removed from it is still accepted for ``overlap_s`` (rotation).
-        jwks_url: or its JWKS URL (fetched, cached for ``cache_s``, refetched for a new key id).
+        jwks_url: or its JWKS URL (``https://<issuer>/.well-known/jwks.json``): fetched,
+            cached for ``cache_s``, refetched at once for a key id it does not hold (a rotated
+            key), at most every ``refetch_s`` (so tokens with made-up key ids cannot make this
+            service hammer the issuer); a fetch that fails keeps the last keys.
         leeway_s: clock skew allowed on ``exp`` / ``nbf``.
+        overlap_s: seconds a key removed from the set is still accepted.
 
     Raises:
         ConfigError: neither or both of ``jwks_file`` and ``jwks_url``; an unreadable file.
@@ -79,10 +84,10 @@ class JwtVerifier:
         leeway_s: float = 30.0,
         overlap_s: float = 3600.0,
         cache_s: float = 300.0,
+        refetch_s: float = 10.0,
+        fetch_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import jwt
-
         if (jwks_file is None) == (jwks_url is None):
             raise ConfigError(
                 "OAuth2: set exactly one of FITML_OAUTH_JWKS_FILE and FITML_OAUTH_JWKS_URL"
@@ -97,11 +102,20 @@ class JwtVerifier:
         self._checked = -1e18
         self._keys: dict[str, Any] = {}
         self._retired: dict[str, tuple[Any, float]] = {}
-        self._client = (
-            jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=int(cache_s), timeout=2)
-            if jwks_url
-            else None
-        )
+        self._url = jwks_url
+        self.cache_s = cache_s
+        self.refetch_s = refetch_s
+        self.fetch_timeout_s = fetch_timeout_s
+        self._fetched_at = -1e18  # last successful fetch of the URL
+        self._tried_at = -1e18  # last attempt
+        self._fetch_lock = threading.Lock()
+        self.fetches = 0
+        """Fetches of the JWKS URL so far (successful or not)."""
+        if self._url is not None and not self._url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"FITML_OAUTH_JWKS_URL {self._url!r} is not an http(s) URL; give the issuer's "
+                "JWKS endpoint, like https://issuer.example/.well-known/jwks.json"
+            )
         if self._file is not None:
             try:
                 self._reload(force=True)
@@ -114,11 +128,24 @@ class JwtVerifier:
     @property
     def remote(self) -> bool:
         """Whether keys come over the network (verify off the event loop)."""
-        return self._client is not None
+        return self._url is not None
 
-    def _reload(self, force: bool = False) -> None:
+    def _install(self, jwks: Any, now: float) -> None:
+        """Make ``jwks`` (a parsed JWKS document) the current keys; retire the removed ones."""
         import jwt
 
+        try:
+            keys = {k.key_id or "": k for k in jwt.PyJWKSet.from_dict(jwks).keys}
+        except jwt.PyJWTError as exc:
+            raise ValueError(f"not a usable JSON Web Key Set ({exc})") from None
+        for kid, key in self._keys.items():
+            if kid not in keys:
+                self._retired[kid] = (key, now + self.overlap_s)
+        for kid in keys:
+            self._retired.pop(kid, None)
+        self._keys = keys
+
+    def _reload(self, force: bool = False) -> None:
         assert self._file is not None
         now = self._clock()
         if not force and now - self._checked < 1.0:
@@ -128,16 +155,34 @@ class JwtVerifier:
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
-        keys = {
-            k.key_id or "": k
-            for k in jwt.PyJWKSet.from_dict(json.loads(self._file.read_text())).keys
-        }
-        for kid, key in self._keys.items():
-            if kid not in keys:
-                self._retired[kid] = (key, now + self.overlap_s)
-        for kid in keys:
-            self._retired.pop(kid, None)
-        self._keys, self._stamp = keys, stamp
+        self._install(json.loads(self._file.read_text()), now)
+        self._stamp = stamp
+
+    def _fetch(self, kid: str) -> None:
+        """Refetch the JWKS URL when the cache is stale, or for an unknown key id (throttled)."""
+        import httpx
+
+        assert self._url is not None
+        with self._fetch_lock:
+            now = self._clock()
+            if now - self._tried_at < self.refetch_s:
+                return  # fetched (or tried) a moment ago: whatever the token says
+            known = kid in self._keys or kid in self._retired
+            if known and now - self._fetched_at < self.cache_s:
+                return
+            self._tried_at = now
+            self.fetches += 1
+            try:
+                response = httpx.get(self._url, timeout=self.fetch_timeout_s)
+                response.raise_for_status()
+                self._install(response.json(), now)
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning(
+                    "JWKS URL could not be fetched; keeping its last keys",
+                    extra={"error": type(exc).__name__, "keys": len(self._keys)},
+                )
+                return
+            self._fetched_at = now
 
     def _key_for(self, token: str) -> Any:
         import jwt
@@ -146,15 +191,19 @@ class JwtVerifier:
             kid = jwt.get_unverified_header(token).get("kid") or ""
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"malformed token ({exc})") from None
-        if self._client is not None:
+        if self._url is not None:
+            self._fetch(kid)
+            if not self._keys and not self._retired:
+                raise InvalidToken(
+                    "the issuer's keys could not be fetched from its JWKS URL; try again later"
+                )
+        else:
             try:
-                return self._client.get_signing_key(kid).key
-            except jwt.PyJWKClientError as exc:
-                raise InvalidToken(f"no key of the issuer for this token ({exc})") from None
-        try:
-            self._reload()
-        except (OSError, ValueError) as exc:  # keep the last good keys
-            log.warning("JWKS file unreadable; keeping its last keys", extra={"error": str(exc)})
+                self._reload()
+            except (OSError, ValueError) as exc:  # keep the last good keys
+                log.warning(
+                    "JWKS file unreadable; keeping its last keys", extra={"error": str(exc)}
+                )
         now = self._clock()
         if kid in self._keys:
             return self._keys[kid].key

@@ -314,3 +314,77 @@ class Deliverer:
                 await asyncio.to_thread(self.deliver_once)
             except Exception:  # never let the loop die; the items stay in the outbox
                 log.exception("outbox delivery pass failed")
+
+
+# -- dead letters, for operators (``fitml dead-letters list|replay``) --------------------
+
+
+@dataclass
+class ReplayReport:
+    """What :func:`replay_dead_letters` put back, and where each item ended after a pass."""
+
+    requeued: list[dict[str, Any]] = field(default_factory=list)
+    """The dead-letter rows put back into the outbox (id, kind, key, reason, ...)."""
+    delivered: list[str] = field(default_factory=list)
+    """``kind:key`` of requeued items that left the outbox in the pass (delivered)."""
+    dead_again: list[dict[str, Any]] = field(default_factory=list)
+    """Requeued items a store refused again (back in the dead-letter table, new reason)."""
+    pending: list[str] = field(default_factory=list)
+    """``kind:key`` of requeued items still waiting (a store is down, or no pass was run)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (printed as JSON by the CLI)."""
+        return {
+            "requeued": len(self.requeued),
+            "delivered": self.delivered,
+            "dead_again": self.dead_again,
+            "pending": self.pending,
+        }
+
+
+def replay_dead_letters(
+    outbox: Outbox,
+    ids: list[int] | None = None,
+    kind: str | None = None,
+    deliverer: Deliverer | None = None,
+) -> ReplayReport:
+    """Put dead letters back into the outbox (after their cause was fixed); optionally deliver.
+
+    Args:
+        outbox: the session service's outbox.
+        ids: the dead-letter ids to replay; None replays every one (of ``kind``, if given).
+        kind: only items of this kind (``session``, ``event``, ``push``, ``pushed``).
+        deliverer: run one delivery pass with it right away and say where each item ended;
+            without it, the running service's delivery loop delivers them within a second.
+
+    Raises:
+        ValueError: an unknown kind, or an id that is not in the dead-letter table.
+    """
+    if kind is not None and kind not in Outbox.KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(Outbox.KINDS)}")
+    rows = [d for d in outbox.dead(limit=1_000_000) if kind is None or d["kind"] == kind]
+    if ids is not None:
+        known = {d["id"]: d for d in rows}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise ValueError(
+                f"dead-letter id(s) {missing} not found"
+                + (f" among {kind} items" if kind else "")
+                + "; list them with `fitml dead-letters list`"
+            )
+        rows = [known[i] for i in ids]
+    report = ReplayReport(requeued=rows)
+    outbox.requeue([d["id"] for d in rows])
+    if deliverer is not None and rows:
+        deliverer.deliver_once()
+    waiting = {(d["kind"], d["key"]) for d in outbox.items()}
+    dead = {(d["kind"], d["key"]): d for d in outbox.dead(limit=1_000_000)}
+    for d in rows:
+        at = (d["kind"], d["key"])
+        if at in dead:
+            report.dead_again.append(dead[at])
+        elif at in waiting:
+            report.pending.append(f"{d['kind']}:{d['key']}")
+        else:
+            report.delivered.append(f"{d['kind']}:{d['key']}")
+    return report

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ml_pipeline.settings import Settings
 from serving.pseudonym import load_pseudonymizer
-from serving.session.store import DEFAULT_PREFIX, Outbox, open_event_store
+from serving.session.store import DEFAULT_PREFIX, ErasureIncomplete, Outbox, open_event_store
 
 SKIP_DIRS = ("session",)
 """Work-directory folders handled through their own store, not scanned as files."""
@@ -34,6 +34,8 @@ class ForgetReport:
     user_hash: str
     removed: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    """Stores where deleted data may still be readable in files, and what to do."""
 
     @property
     def total(self) -> int:
@@ -47,6 +49,7 @@ class ForgetReport:
             "total": self.total,
             "removed": self.removed,
             "notes": self.notes,
+            "incomplete": self.incomplete,
         }
 
 
@@ -79,7 +82,10 @@ def forget_user(
         store.ensure()
         for table, n in store.forget_user(user_id).items():
             report.removed[f"event_store:{table}"] = n
-        store.compact()
+        try:
+            store.compact()
+        except ErasureIncomplete as exc:  # the rows are deleted; their bytes may remain
+            report.incomplete.append(str(exc))
     finally:
         store.close()
     outbox_path = state_dir / "outbox.db"

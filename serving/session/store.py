@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from ml_pipeline.errors import FitmlError
 from ml_pipeline.schema import EVENT_COLUMNS
 
 DEFAULT_PREFIX = "fitml_tryon"
@@ -34,6 +36,10 @@ class StoreUnavailable(RuntimeError):
 
 class StoreRejected(ValueError):
     """The event store answered but refused this data: sending it again will not help."""
+
+
+class ErasureIncomplete(FitmlError, RuntimeError):
+    """Deleted rows are still readable in a store's files (the message says why and what to do)."""
 
 
 @dataclass(frozen=True)
@@ -523,12 +529,22 @@ class PostgresEventStore(_SqlEventStore):
                 # The transaction was rolled back; the connection is still good.
                 raise StoreRejected(f"PostgreSQL event store refused the data: {exc}") from exc
 
-    def compact(self) -> None:
+    def compact(self, wait_s: float = 30.0) -> None:
         """``VACUUM FULL`` both tables: rewritten into new files without the deleted rows.
 
-        It locks the tables while it runs (writes wait; the session service's outbox holds
-        feedback meanwhile). PostgreSQL's own write-ahead log and backups are out of reach
-        here: they age out with the server's WAL retention and backup policy.
+        ``VACUUM FULL`` copies a deleted row into the new file while any transaction that
+        started before the delete is still open in this database (it might still read it), so
+        this first waits up to ``wait_s`` for such transactions to end, then checks what
+        ``VACUUM`` reports it had to keep. It locks the tables while it runs (writes wait; the
+        session service's outbox holds feedback meanwhile). PostgreSQL's own write-ahead log
+        and backups are out of reach here: they age out with the server's WAL retention and
+        backup policy.
+
+        Raises:
+            ErasureIncomplete: a transaction older than the delete stayed open (named by pid
+                and application), so deleted rows were kept; end it and compact again
+                (``fitml forget-user`` again).
+            StoreUnavailable: PostgreSQL is unreachable.
         """
         import psycopg
 
@@ -536,10 +552,46 @@ class PostgresEventStore(_SqlEventStore):
             with psycopg.connect(
                 self.dsn, connect_timeout=self.connect_timeout_s, autocommit=True
             ) as conn:
+                row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+                horizon = row[0] if row else "0"
+                deadline = time.monotonic() + wait_s
+                while True:
+                    older = conn.execute(
+                        "SELECT pid, COALESCE(NULLIF(application_name, ''), '?'), "
+                        "COALESCE(state, '?') FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND pid <> pg_backend_pid() AND backend_xmin IS NOT "
+                        "NULL AND age(backend_xmin) > age(xid(%s::xid8)) ORDER BY xact_start",
+                        (horizon,),
+                    ).fetchall()
+                    if not older or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.5)
+                notes: list[str] = []
+                conn.add_notice_handler(
+                    lambda d: notes.append(f"{d.message_primary} {d.message_detail or ''}")
+                )
+                conn.execute(f"SET lock_timeout = {max(1000, int(wait_s * 1000))}")
                 for table in (self.events, self.sessions):
-                    conn.execute(f"VACUUM FULL {table}")
+                    conn.execute(f"VACUUM (FULL, VERBOSE) {table}")
+        except psycopg.errors.LockNotAvailable:
+            raise ErasureIncomplete(
+                f"VACUUM FULL of {self.events} / {self.sessions} waited {wait_s:g} s for a "
+                "transaction holding a lock on them; the deleted rows may still be readable in "
+                "the files: end that transaction and run `fitml forget-user` again to compact"
+            ) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL event store: {exc}".strip()) from exc
+        kept = sum(
+            int(n) for note in notes for n in re.findall(r"(\d+) dead row versions? cannot", note)
+        )
+        if kept:
+            holders = ", ".join(f"pid {pid} ({app}, {state})" for pid, app, state in older[:5])
+            raise ErasureIncomplete(
+                f"PostgreSQL kept {kept} deleted row version(s) of {self.events} / "
+                f"{self.sessions} in its files: transaction(s) older than the erasure are still "
+                f"open ({holders or 'not visible to this user'}); end them (or wait for them to "
+                "finish) and run `fitml forget-user` again to compact"
+            )
 
     def close(self) -> None:
         """Close the connection."""
@@ -752,14 +804,27 @@ class Outbox:
         return counts
 
     def dead(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The oldest dead-letter items (id, kind, key, reason, attempts, dead_at)."""
+        """The oldest dead-letter items (id, kind, key, session_id, reason, attempts, dead_at).
+
+        The payload (feedback notes, user ids) is not returned: what an operator needs is
+        which item and why.
+        """
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, kind, key, reason, attempts, dead_at FROM dead_letter ORDER BY id "
-                "LIMIT ?",
+                "SELECT id, kind, key, session_id, reason, attempts, dead_at FROM dead_letter "
+                "ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        names = ("id", "kind", "key", "reason", "attempts", "dead_at")
+        names = ("id", "kind", "key", "session_id", "reason", "attempts", "dead_at")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def items(self) -> list[dict[str, Any]]:
+        """Pending items (id, kind, key, attempts, last_error), oldest first, without payloads."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, key, attempts, last_error FROM outbox ORDER BY id"
+            ).fetchall()
+        names = ("id", "kind", "key", "attempts", "last_error")
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def requeue(self, ids: Sequence[int]) -> int:

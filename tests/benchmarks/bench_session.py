@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -217,6 +218,123 @@ def test_bench_tracing_cost(trained_workdir: Path) -> None:
     assert result["off_hooks_share_of_p50"] < 0.001  # the off path: under 0.1% of a session
 
 
+def serve_variant(workdir: Path, port: int, prediction_url: str, guard: bool) -> None:
+    """Serve the session service as ``fitml session-service`` does, with or without its guard.
+
+    ``guard=False`` swaps :class:`serving.limits.RequestGuard` (credentials from the headers,
+    body and header caps, the body timeout) for a pass-through that lets every request in as
+    an all-scopes caller: the baseline of :func:`run_hardening_cost`. Everything else (uvicorn
+    and its head deadline, the routes, rate limiting, the stores) is the same.
+    """
+    import uvicorn
+    from starlette.middleware import Middleware
+
+    from ml_pipeline.settings import load_settings
+    from serving.limits import RequestGuard, request_deadline_protocol, uvicorn_limits
+    from serving.session.auth import SCOPES, Principal
+    from serving.session.config import load_session_config
+    from serving.session.observability import configure_logging
+    from serving.session.server import build_app, limits_of
+
+    configure_logging()
+    config = load_session_config(load_settings("local", workdir), prediction_url)
+    app = build_app(config)
+    if not guard:
+        anyone = Principal("bench", "api_key", frozenset(SCOPES))
+
+        class PassThrough:
+            def __init__(self, app: Any, **_: Any) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    scope.setdefault("state", {})["principal"] = anyone
+                await self.app(scope, receive, send)
+
+        swapped = [m for m in app.user_middleware if m.cls is RequestGuard]
+        assert len(swapped) == 1, "the session app no longer installs one RequestGuard"
+        app.user_middleware[app.user_middleware.index(swapped[0])] = Middleware(PassThrough)
+    limits = limits_of(config)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        http=request_deadline_protocol(limits.header_timeout_s),
+        **uvicorn_limits(limits),
+    )
+
+
+def run_hardening_cost(
+    workdir: Path, seconds: float = 5.0, clients: int = 8, rounds: int = 3
+) -> dict[str, Any]:
+    """Session start with the request guard (auth + limits) on vs. off, in one run.
+
+    One prediction service; the session service restarted as ``on`` / ``off`` in turn for
+    ``rounds`` rounds, the order swapped every round (so drift of the machine's load and of the
+    event store's size hits both), each measured for
+    ``seconds`` after a 1 s warm-up. Reports each run, the median p50 / p99 per variant and
+    their ratios (on / off).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-guard-") as tmp:
+        root = Path(tmp)
+        clone = clone_workdir(workdir, root / "var")
+        lines = (clone.workdir / "examples" / "recommend.jsonl").read_text().splitlines()
+        bodies = [json.loads(line) for line in lines]
+        prediction = ServiceProcess(
+            ["serve", "--workdir", str(clone.workdir)], free_port(), root / "predict.log"
+        )
+        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        with prediction:
+            for i in range(rounds):
+                for variant in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                    port = free_port()
+                    service = ServiceProcess(
+                        [],
+                        port,
+                        root / f"session-{variant}.log",
+                        env={
+                            "FITML_API_KEYS": KEY,
+                            "FITML_RATE_LIMIT": "100000",
+                            "FITML_RATE_BURST": "100000",
+                        },
+                    )
+                    service.args = [
+                        sys.executable, "-m", "tests.benchmarks.bench_session",
+                        "--serve-variant", variant, "--workdir", str(clone.workdir),
+                        "--port", str(port), "--prediction-url", prediction.url,
+                    ]  # fmt: skip
+                    with service:
+                        asyncio.run(closed_loop(service.url, bodies, clients, 1.0))  # warm up
+                        result = asyncio.run(closed_loop(service.url, bodies, clients, seconds))
+                    runs[variant].append(result)
+    median = {
+        v: {q: float(np.median([r[q] for r in rs])) for q in ("p50_ms", "p99_ms", "sessions_per_s")}
+        for v, rs in runs.items()
+    }
+    return {
+        "runs": runs,
+        "median": median,
+        "p50_on_vs_off": round(median["on"]["p50_ms"] / median["off"]["p50_ms"], 3),
+        "p99_on_vs_off": round(median["on"]["p99_ms"] / median["off"]["p99_ms"], 3),
+        "load_average": os.getloadavg(),
+    }
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_hardening_cost(trained_workdir: Path) -> None:
+    result = run_hardening_cost(trained_workdir, seconds=5.0, clients=8, rounds=3)
+    print("\n" + json.dumps(result, indent=2))
+    out = os.environ.get("FITML_BENCH_DIR")
+    if out:
+        Path(out, "session_guard.json").write_text(json.dumps(result, indent=2))
+    for runs in result["runs"].values():
+        assert all(r["errors"] == 0 and r["degraded"] == 0 for r in runs)
+    assert result["p99_on_vs_off"] < 2.0  # the guard must not double the tail
+
+
 def main() -> None:
     """Command line: ``bench_session.py --workdir DIR [--seconds S] [--clients N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -227,7 +345,23 @@ def main() -> None:
     parser.add_argument(
         "--tracing-cost", action="store_true", help="Tracing off / on / off instead."
     )
+    parser.add_argument(
+        "--hardening-cost", action="store_true", help="Request guard on / off instead."
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="On/off rounds (hardening cost).")
+    parser.add_argument("--serve-variant", choices=("on", "off"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prediction-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_variant:  # the session service of one variant (run_hardening_cost)
+        serve_variant(args.workdir, args.port, args.prediction_url, args.serve_variant == "on")
+        return
+    if args.hardening_cost:
+        result = run_hardening_cost(args.workdir.resolve(), args.seconds, args.clients, args.rounds)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     run = run_tracing_cost if args.tracing_cost else run_bench
     result = run(args.workdir.resolve(), args.seconds, args.clients)
     text = json.dumps(result, indent=2)

@@ -116,3 +116,72 @@ def test_fuzz_feedback_notes_into_postgres(prod: Services) -> None:
     assert prod.outbox.pending()["event"] == 0
     stored = {e.event_id: next(iter(e.notes.values()), None) for e in prod.store.all_events()}
     assert stored == accepted
+
+
+def test_operators_list_and_replay_dead_letters_with_the_cli(
+    postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fitml dead-letters list|replay --profile prod`` on the real PostgreSQL event store.
+
+    A bad migration (a CHECK constraint) makes PostgreSQL refuse one event, a NUL note another;
+    after the constraint is dropped, ``replay --all --deliver`` stores the first and sets the
+    second aside again with its reason.
+    """
+    import psycopg
+    from typer.testing import CliRunner
+
+    from ml_pipeline.cli import app
+
+    prefix = f"fitml_tryon_d{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FITML_SESSION_DB", postgres_dsn)
+    monkeypatch.setenv("FITML_SESSION_TABLES", prefix)
+    store = PostgresEventStore(postgres_dsn, prefix)
+    outbox = Outbox(tmp_path / "session" / "outbox.db")
+    runner = CliRunner()
+    where = ["--workdir", str(tmp_path), "--profile", "prod"]
+    try:
+        store.ensure()
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {store.events} ADD CONSTRAINT no_xl CHECK (size <> 'XL')")
+        now = datetime.now(UTC)
+        events = [
+            FeedbackEvent("e0", "S1", None, "P1", "M", 3, "fit", now, {"chest": "secret-a"}),
+            FeedbackEvent("e1", "S1", None, "P1", "XL", 5, "fit", now, {"chest": "secret-b"}),
+            FeedbackEvent("e2", "S1", None, "P1", "M", 3, "fit", now, {"chest": "se\x00cret-c"}),
+            FeedbackEvent("e3", "S1", None, "P1", "L", 4, "fit", now, {}),
+        ]
+        outbox.put([("event", e.event_id, None, "S1", e.to_json()) for e in events])
+        Deliverer(outbox, store, None, interval_s=3600).deliver_once()
+
+        listed = runner.invoke(app, ["dead-letters", "list", *where, "--json"])
+        assert listed.exit_code == 0, listed.output
+        data = json.loads(listed.output)
+        assert data["counts"]["event"] == 2
+        reasons = {d["key"]: d["reason"] for d in data["items"]}
+        assert set(reasons) == {"e1", "e2"}
+        assert "no_xl" in reasons["e1"] and reasons["e2"].startswith("StoreRejected")
+        assert "secret" not in listed.output  # no payload, no row data in a reason
+        table = runner.invoke(app, ["dead-letters", "list", *where, "--kind", "event"])
+        assert table.exit_code == 0 and "2 dead letter(s)" in table.output, table.output
+        assert all(f" {k} " in table.output for k in ("e1", "e2"))
+
+        unknown = runner.invoke(app, ["dead-letters", "replay", "9999", *where])
+        assert unknown.exit_code == 2 and "9999" in unknown.output, unknown.output
+        nothing = runner.invoke(app, ["dead-letters", "replay", *where])
+        assert nothing.exit_code == 2 and "--all" in nothing.output, nothing.output
+        assert outbox.dead_letters()["event"] == 2  # refused commands changed nothing
+
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:  # the cause is fixed
+            conn.execute(f"ALTER TABLE {store.events} DROP CONSTRAINT no_xl")
+        replayed = runner.invoke(app, ["dead-letters", "replay", "--all", "--deliver", *where])
+        assert replayed.exit_code == 0, replayed.output
+        report = json.loads(replayed.output)
+        assert report["requeued"] == 2 and report["delivered"] == ["event:e1"]
+        assert [d["key"] for d in report["dead_again"]] == ["e2"] and report["pending"] == []
+        assert {e.event_id for e in store.all_events()} == {"e0", "e1", "e3"}
+        assert [d["key"] for d in outbox.dead()] == ["e2"]
+        assert outbox.pending()["event"] == 0
+    finally:
+        store.drop()
+        store.close()
+        outbox.close()

@@ -201,6 +201,162 @@ def test_jwks_file_rotation_keeps_the_old_key_for_the_overlap(issuer: tuple[Any,
         verifier.verify(token(key, "k1", "read"))
 
 
+class JwksServer:
+    """The issuer's JWKS endpoint: a real HTTP server on loopback, counting its fetches."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        import http.server
+        import threading
+
+        self.document = document
+        self.status = 200
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                body = json.dumps(outer.document).encode()
+                self.send_response(outer.status if self.path == "/jwks.json" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[tuple[Any, JwksServer]]:
+    key = rsa_key()
+    server = JwksServer(jwks(("k1", key)))
+    yield key, server
+    server.close()
+
+
+def test_jwks_url_is_cached_picks_by_kid_and_picks_up_a_rotated_key(
+    jwks_server: tuple[Any, JwksServer],
+) -> None:
+    key, server = jwks_server
+    clock = Clock()
+    other = rsa_key()
+    server.document = jwks(("k0", other), ("k1", key))
+    v = JwtVerifier(
+        ISSUER, AUDIENCE, jwks_url=server.url, cache_s=300, refetch_s=10, overlap_s=60, clock=clock
+    )
+    assert v.remote and server.hits == 0  # nothing fetched before the first token
+    assert v.verify(token(key, "k1", "read")).scopes == {"read"}  # k1, not k0, verifies it
+    assert v.verify(token(other, "k0", "feedback")).scopes == {"feedback"}
+    with pytest.raises(ValueError, match="Signature"):
+        v.verify(token(other, "k1", "read"))  # signed by k0's key, claiming k1
+    assert server.hits == 1  # one fetch, then the cache
+    with pytest.raises(ValueError, match="k9"):
+        v.verify(token(rsa_key(), "k9", "read"))  # fetched a moment ago: not again
+    assert server.hits == 1
+    clock.now = 11.0
+    for _ in range(5):  # made-up key ids: one refetch, then throttled
+        with pytest.raises(ValueError, match="k9"):
+            v.verify(token(rsa_key(), "k9", "read"))
+    assert server.hits == 2
+
+    new = rsa_key()  # the issuer rotates: k2 in, k0 and k1 out
+    server.document = jwks(("k2", new))
+    clock.now = 22.0
+    assert v.verify(token(new, "k2", "admin")).scopes == {"admin"}  # fetched for the new kid
+    assert server.hits == 3
+    assert v.verify(token(key, "k1", "read")).subject == "jwt:client-checkout"  # overlap
+    clock.now = 200.0
+    with pytest.raises(ValueError, match="k1"):
+        v.verify(token(key, "k1", "read"))  # past the overlap window
+    assert server.hits == 3
+
+    server.status = 500  # the issuer is down when the cache expires: the last keys hold
+    clock.now = 330.0
+    assert v.verify(token(new, "k2", "read")).scopes == {"read"}
+    assert server.hits == 4
+    server.status = 200
+    clock.now = 335.0  # no fetch per request while the issuer is down: one per refetch_s
+    v.verify(token(new, "k2", "read"))
+    assert server.hits == 4
+    clock.now = 341.0
+    v.verify(token(new, "k2", "read"))
+    assert server.hits == 5
+    clock.now = 400.0  # fresh again: cached
+    v.verify(token(new, "k2", "read"))
+    assert server.hits == 5
+
+
+def test_jwks_url_unreachable_from_the_start_is_a_clear_401(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    v = JwtVerifier(ISSUER, AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")
+    with pytest.raises(ValueError, match="could not be fetched"):
+        v.verify(token(rsa_key(), "k1", "read"))
+    with pytest.raises(ConfigError, match="FITML_OAUTH_JWKS_URL"):
+        JwtVerifier(ISSUER, AUDIENCE, jwks_url="file:///etc/passwd")
+
+
+ROUTES = {
+    "start-session": ("POST", "/api/v1/tryon/sessions", 201),
+    "read": ("GET", "/api/v1/tryon/sessions/{sid}", 200),
+    "feedback": ("POST", "/api/v1/tryon/sessions/{sid}/feedback", 202),
+    "admin": ("GET", "/metrics", 200),
+}
+
+
+@pytest.mark.parametrize("scope", sorted(ROUTES))
+def test_each_scope_opens_its_route_and_no_other_scope_does(
+    tmp_path: Path, jwks_server: tuple[Any, JwksServer], scope: str
+) -> None:
+    """Through the app with the JWKS URL: the route's scope alone suffices (2xx); every other
+    scope together is refused (403 naming the missing one)."""
+    from test_session_hardening import KEY, services
+
+    from serving.session.app import create_app
+
+    key, server = jwks_server
+    s = services(tmp_path)
+    s.jwt = JwtVerifier(ISSUER, AUDIENCE, jwks_url=server.url)
+    bodies = {
+        "start-session": {"user_id": "U1", "product_id": "P1"},
+        "feedback": {"event_id": f"ev-{scope}", "size": "M", "outcome": "fit"},
+    }
+    with TestClient(create_app(s)) as c:
+        started = c.post(
+            ROUTES["start-session"][1], json=bodies["start-session"], headers={"X-API-Key": KEY}
+        )
+        sid = started.json()["session_id"]
+        method, path, ok = ROUTES[scope]
+        url = path.format(sid=sid)
+
+        def call(scopes: str) -> httpx.Response:
+            return c.request(
+                method,
+                url,
+                json=bodies.get(scope),
+                headers={"Authorization": f"Bearer {token(key, 'k1', scopes)}"},
+            )
+
+        others = " ".join(sorted(set(ROUTES) - {scope}))
+        denied = call(others)
+        assert denied.status_code == 403, denied.text
+        assert repr(scope) in denied.json()["detail"]
+        assert f'scope="{scope}"' in denied.headers["WWW-Authenticate"]
+        allowed = call(scope)
+        assert allowed.status_code == ok, allowed.text
+    assert server.hits == 1
+
+
 # -- the service token ------------------------------------------------------------------
 
 
