@@ -65,6 +65,10 @@ def model_source() -> str:
     return "store" if packaged else "registry"
 
 
+_active_store: list[str] = []
+"""The folder :func:`use_model_store` made this process's model store (empty: BentoML's)."""
+
+
 def use_model_store(path: Path | str) -> None:
     """Make this process's BentoML model store the folder ``path`` (it must exist)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
@@ -77,6 +81,7 @@ def use_model_store(path: Path | str) -> None:
             "`fitml bento export` wrote, or unset it to use the registry"
         )
     BentoMLContainer.model_store.set(ModelStore(str(folder)))
+    _active_store[:] = [str(path)]
 
 
 def reset_model_store() -> None:
@@ -84,12 +89,18 @@ def reset_model_store() -> None:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     BentoMLContainer.model_store.reset()
+    _active_store.clear()
 
 
-if os.environ.get(STORE_ENV) and model_source() == "store":
-    # Every process of the service imports this module before it resolves a model: the API
-    # server (bentoml serve) and each worker, so all of them read the packaged store.
-    use_model_store(os.environ[STORE_ENV])
+def _packaged_store() -> None:
+    """Read models from ``FITML_MODEL_STORE`` when it is set and the source is ``store``.
+
+    Called before every model lookup, so each process of the service (the API server that
+    resolves the models, each worker that loads them) reads the packaged store.
+    """
+    path = os.environ.get(STORE_ENV)
+    if path and model_source() == "store" and _active_store != [path]:
+        use_model_store(path)
 
 
 def bento_name(kind: str, alias: str) -> str:
@@ -200,6 +211,7 @@ class RegistryModel(BentoModel):
 
     def current_tag(self) -> str:
         """The tag to use now: as resolved for this deployment, else synced, else latest."""
+        _packaged_store()
         env = _tag_env(self.kind, self.alias)
         if env in os.environ:
             return os.environ[env]
