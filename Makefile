@@ -33,7 +33,9 @@ setup: $(VENV)/.installed ## Create .venv from requirements.lock (only when miss
 lock: ## Re-resolve requirements.in into requirements.lock (needs uv)
 	uv pip compile requirements.in --python-version 3.11 -o requirements.lock
 	uv pip compile requirements-runtime.in -c requirements.lock --python-version 3.11 \
-		-o requirements-runtime.lock
+		--no-emit-package mypy -o requirements-runtime.lock
+	uv pip compile requirements-serving.in -c requirements.lock --python-version 3.11 \
+		--no-emit-package mypy -o requirements-serving.lock
 
 demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
 	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR) $(DEMO_ARGS)
