@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 PIP_QUIET := PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 
 .PHONY: help setup lock demo test test-fast lint serve bench bench-scale drift-calibrate \
-	benchmark-rtr clean audit images secrets
+	benchmark-rtr clean audit images champion-image secrets
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v w='$(WORKDIR)' -v p='$(PORT)' \
@@ -33,7 +33,9 @@ setup: $(VENV)/.installed ## Create .venv from requirements.lock (only when miss
 lock: ## Re-resolve requirements.in into requirements.lock (needs uv)
 	uv pip compile requirements.in --python-version 3.11 -o requirements.lock
 	uv pip compile requirements-runtime.in -c requirements.lock --python-version 3.11 \
-		-o requirements-runtime.lock
+		--no-emit-package mypy -o requirements-runtime.lock
+	uv pip compile requirements-serving.in -c requirements.lock --python-version 3.11 \
+		--no-emit-package mypy -o requirements-serving.lock
 
 demo: setup ## Run the whole loop on the embedded default into $(WORKDIR)/
 	$(VENV)/bin/fitml pipeline run --workdir $(WORKDIR) $(DEMO_ARGS)
@@ -86,6 +88,23 @@ images: ## Build fitml-{prediction,session,job} images with docker, else podman 
 		BUILDAH_FORMAT=docker $$engine build --target $$target --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 			-t fitml-$$target:$(IMAGE_TAG) . || exit 1; \
 	done
+
+# The champion image: the prediction image FROM fitml-prediction:$(IMAGE_TAG) with the models
+# that hold the champion (and challenger) alias in PROFILE's registry baked in.
+PROFILE      ?= prod
+CHAMPION_DIR ?= $(WORKDIR)/champion
+champion-image: ## Export the registry's champions to $(WORKDIR)/champion, build fitml-prediction-champion (PROFILE=, IMAGE_TAG=)
+	rm -rf $(CHAMPION_DIR)
+	$(VENV)/bin/fitml bento export --profile $(PROFILE) --workdir $(WORKDIR) --out $(CHAMPION_DIR) >/dev/null
+	@engine=$$(command -v docker || command -v podman); \
+	version() { $(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["models"][sys.argv[2]]["version"])' \
+		$(CHAMPION_DIR)/fitml-models.json $$1; }; \
+	fit=$$(version fit_champion) && size=$$(version size_champion) && \
+	BUILDAH_FORMAT=docker $$engine build -f deploy/champion.Dockerfile \
+		--build-arg PREDICTION_IMAGE=fitml-prediction:$(IMAGE_TAG) \
+		--build-arg FIT_VERSION=$$fit --build-arg SIZE_VERSION=$$size \
+		-t fitml-prediction-champion:$(IMAGE_TAG) -t fitml-prediction-champion:$(IMAGE_TAG)-fit$$fit-size$$size \
+		$(CHAMPION_DIR) && echo "fitml-prediction-champion:$(IMAGE_TAG)-fit$$fit-size$$size"
 
 SECRETS_DIR ?= .secrets
 secrets: ## Random pseudonym key, service token, API key under .secrets/ (SECRETS_DIR=; git-ignored; kept if present)

@@ -387,6 +387,24 @@ def bento_build(workdir: Workdir = DEFAULT_WORKDIR, profile: Profile = "local") 
     typer.echo(build(_settings(workdir, profile)))
 
 
+@bento_app.command("export")
+def bento_export(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="An empty or new folder to write the models to.")
+    ],
+    workdir: Workdir = DEFAULT_WORKDIR,
+    profile: Profile = "local",
+) -> None:
+    """Export the registry's champion (and challenger) models for a champion image.
+
+    Writes a BentoML model store and its manifest (fitml-models.json) to OUT; build the image
+    with `make champion-image` (deploy/champion.Dockerfile). Prints the manifest.
+    """
+    from serving.bento_export import export_models
+
+    _echo_json(export_models(_settings(workdir, profile), out))
+
+
 @app.command("session-service")
 def session_service(
     workdir: Workdir = DEFAULT_WORKDIR,

@@ -11,6 +11,10 @@ encoder and the booster, exactly as training saved it, tagged
 
 The resolved tag is handed to the workers through the environment, so a worker loads the
 very version the deployment resolved and never imports MLflow (faster cold start).
+
+A champion image (``fitml bento export``, ``make champion-image``) carries its models as a
+BentoML model store of their own, read-only, named by ``FITML_MODEL_STORE``: the service then
+serves those (``store``) and never asks the registry.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from ml_pipeline.settings import Settings, load_settings
 KINDS: Final = ("fit", "size")
 SOURCE_ENV: Final = "FITML_MODEL_SOURCE"
 """``registry``: follow the MLflow aliases; ``store``: use the BentoML store only. Default:
-``store`` inside a built Bento (its packaged models), ``registry`` anywhere else."""
+``store`` inside a built Bento (its packaged models) or with ``FITML_MODEL_STORE`` set (a
+champion image), ``registry`` anywhere else."""
+STORE_ENV: Final = "FITML_MODEL_STORE"
+"""A BentoML model store folder (what ``fitml bento export`` writes) to serve from instead of
+``$BENTOML_HOME/models``; used when the model source is ``store``."""
 
 
 def bento_root() -> Path | None:
@@ -48,7 +56,51 @@ def bento_root() -> Path | None:
 
 def model_source() -> str:
     """Where the service's models come from: ``FITML_MODEL_SOURCE``, else by where it runs."""
-    return os.environ.get(SOURCE_ENV) or ("store" if bento_root() is not None else "registry")
+    source = os.environ.get(SOURCE_ENV)
+    if source:
+        if source not in ("registry", "store"):
+            raise ValueError(f"{SOURCE_ENV}={source!r}: expected 'registry' or 'store'")
+        return source
+    packaged = bento_root() is not None or bool(os.environ.get(STORE_ENV))
+    return "store" if packaged else "registry"
+
+
+_active_store: list[str] = []
+"""The folder :func:`use_model_store` made this process's model store (empty: BentoML's)."""
+
+
+def use_model_store(path: Path | str) -> None:
+    """Make this process's BentoML model store the folder ``path`` (it must exist)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{STORE_ENV}={str(path)!r} is not a folder: point it to the models that "
+            "`fitml bento export` wrote, or unset it to use the registry"
+        )
+    BentoMLContainer.model_store.set(ModelStore(str(folder)))
+    _active_store[:] = [str(path)]
+
+
+def reset_model_store() -> None:
+    """Back to the model store under ``$BENTOML_HOME``."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.model_store.reset()
+    _active_store.clear()
+
+
+def _packaged_store() -> None:
+    """Read models from ``FITML_MODEL_STORE`` when it is set and the source is ``store``.
+
+    Called before every model lookup, so each process of the service (the API server that
+    resolves the models, each worker that loads them) reads the packaged store.
+    """
+    path = os.environ.get(STORE_ENV)
+    if path and model_source() == "store" and _active_store != [path]:
+        use_model_store(path)
 
 
 def bento_name(kind: str, alias: str) -> str:
@@ -117,7 +169,8 @@ def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
         if not found:
             raise FileNotFoundError(f"{registered}@{alias} has no fitml model directory")
         source = found[0].parent
-        created = mlflow.MlflowClient().get_model_version(registered, version).creation_timestamp
+        registered_version = mlflow.MlflowClient().get_model_version(registered, version)
+        created = registered_version.creation_timestamp
         with bentoml.models.create(
             tag,
             labels={"registered_name": registered, "alias": alias, "version": version},
@@ -127,6 +180,8 @@ def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
                 "version": version,
                 # when this version was registered (Unix s): the champion's age on /metrics
                 "registered_at": created / 1000 if created else None,
+                "run_id": registered_version.run_id,
+                "tags": dict(registered_version.tags or {}),
             },
         ) as model:
             shutil.copytree(source, model.path_of("model"), dirs_exist_ok=True)
@@ -156,6 +211,7 @@ class RegistryModel(BentoModel):
 
     def current_tag(self) -> str:
         """The tag to use now: as resolved for this deployment, else synced, else latest."""
+        _packaged_store()
         env = _tag_env(self.kind, self.alias)
         if env in os.environ:
             return os.environ[env]

@@ -4,8 +4,11 @@ The job image trains a small champion into the machine's PostgreSQL and Redis as
 profile says (MLflow and Optuna in databases of their own, a Feast project of its own); the
 prediction and session images then serve it: health checks pass, a session is started as a
 try-on front end would, and its feedback reaches PostgreSQL and the Redis online store.
-Everything the test creates is removed afterwards except the images, which are the build
-cache of the next run (tagged by a hash of what they were built from).
+Then the job image exports the champion models (``fitml bento export``), a champion image is
+built FROM the prediction image with them inside (``deploy/champion.Dockerfile``), and it
+answers /recommend with the champion's versions with the MLflow backend out of reach.
+Everything the test creates is removed afterwards except the three images, which are the
+build cache of the next run (tagged by a hash of what they were built from).
 
 Needs podman and the local base image: ``eval "$(../shared/tools/containers.sh env)"`` and
 ``../shared/tools/containers.sh base`` (``.ci/run`` does both).
@@ -21,10 +24,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from conftest import REPO_ROOT, require
@@ -40,7 +44,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.containers,
     pytest.mark.slow,
-    pytest.mark.timeout(1800),  # image builds (cached: seconds) + a training run + two starts
+    pytest.mark.timeout(2400),  # image builds (cached: seconds) + a training run + three starts
 ]
 
 TARGETS = ("prediction", "session", "job")
@@ -49,6 +53,7 @@ CONTEXT = (
     "Dockerfile",
     ".dockerignore",
     "requirements-runtime.lock",
+    "requirements-serving.lock",
     "pyproject.toml",
     "README.md",
     "ml_pipeline",
@@ -130,6 +135,8 @@ class Containers:
 
     prefix: str
     names: list[str]
+    images: list[str] = field(default_factory=list)
+    """Images built by the test (removed with the containers)."""
 
     def run(self, role: str, image: str, args: list[str], *, detach: bool, **kw: Any) -> str:
         name = f"{self.prefix}-{role}"
@@ -149,25 +156,34 @@ class Containers:
         )
         return (done.stdout + done.stderr)[-4000:]
 
-    def wait_healthy(self, role: str, timeout_s: float = 240) -> float:
-        """Seconds until the container's HEALTHCHECK passes (fails with its log otherwise)."""
+    def wait_healthy(self, role: str, port: int, since: float, timeout_s: float = 240) -> float:
+        """Seconds from ``since`` (``time.perf_counter()`` before ``podman run``) until
+        ``/readyz`` answers 200, polled every 0.25 s from the host; the container's own
+        HEALTHCHECK must then pass too. Fails with the container's log otherwise."""
         name = f"{self.prefix}-{role}"
-        started = time.perf_counter()
+        started = since
         while time.perf_counter() - started < timeout_s:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    ready_s = time.perf_counter() - started
+                    check = subprocess.run(
+                        ["podman", "healthcheck", "run", name], capture_output=True, check=False
+                    )
+                    assert check.returncode == 0, f"{role}: HEALTHCHECK fails once ready"
+                    return ready_s
+            except httpx.HTTPError:
+                pass
             state = podman("inspect", "--format", "{{.State.Running}}", name, check=False)
             if state.strip() != "true":
                 pytest.fail(f"{role} container exited:\n{self.logs(role)}")
-            check = subprocess.run(
-                ["podman", "healthcheck", "run", name], capture_output=True, check=False
-            )
-            if check.returncode == 0:
-                return time.perf_counter() - started
-            time.sleep(0.5)
-        pytest.fail(f"{role} container not healthy after {timeout_s} s:\n{self.logs(role)}")
+            time.sleep(0.25)
+        pytest.fail(f"{role} container not ready after {timeout_s} s:\n{self.logs(role)}")
 
     def remove(self) -> None:
         for name in self.names:
             podman("rm", "-f", "-t", "5", name, check=False, timeout=60)
+        for image in self.images:
+            podman("rmi", "-f", image, check=False, timeout=60)
 
 
 @pytest.fixture
@@ -179,6 +195,8 @@ def containers() -> Iterator[Containers]:
         started.remove()
         left = podman("ps", "-a", "--format", "{{.Names}}", check=False)
         assert started.prefix not in left
+        tags = podman("images", "--format", "{{.Repository}}:{{.Tag}}", check=False)
+        assert started.prefix not in tags
 
 
 def _poll(check: Any, timeout_s: float, what: str) -> Any:
@@ -229,6 +247,7 @@ def test_images_train_serve_and_take_feedback(
         break
 
     prediction_port, session_port = free_port(), free_port()
+    prediction_started = time.perf_counter()
     containers.run(
         "prediction",
         images.tags["prediction"],
@@ -237,7 +256,8 @@ def test_images_train_serve_and_take_feedback(
         env={**env, "FITML_PORT": str(prediction_port)},
         volumes=volumes,
     )
-    prediction_ready_s = containers.wait_healthy("prediction")
+    prediction_ready_s = containers.wait_healthy("prediction", prediction_port, prediction_started)
+    session_started = time.perf_counter()
     containers.run(
         "session",
         images.tags["session"],
@@ -250,7 +270,7 @@ def test_images_train_serve_and_take_feedback(
         },
         volumes=volumes,
     )
-    session_ready_s = containers.wait_healthy("session")
+    session_ready_s = containers.wait_healthy("session", session_port, session_started)
     for role in ("prediction", "session"):
         assert podman("exec", f"{containers.prefix}-{role}", "id", "-u").strip() == "10001"
 
@@ -279,8 +299,113 @@ def test_images_train_serve_and_take_feedback(
         30,
         "the feedback in the online store",
     )
+
+    # The champion image: the job image exports the registry's champions, an image is built
+    # FROM the prediction image with them inside, and it serves them with MLflow out of reach.
+    token = prod_stack.secret_files["FITML_SERVICE_TOKEN_FILE"].read_text().strip()
+    registered = _champion_versions(prod_stack, settings)
+    champion_tag, champion_build_s = _build_champion(images, containers, env, volumes)
+    manifest = json.loads((workdir / "champion" / "fitml-models.json").read_text())
+    exported = {
+        "fit_model": manifest["models"]["fit_champion"]["version"],
+        "size_model": manifest["models"]["size_champion"]["version"],
+    }
+    assert exported == registered
+    assert manifest["models"]["fit_champion"]["run_id"]
+    labels = json.loads(podman("image", "inspect", "--format", "{{json .Labels}}", champion_tag))
+    assert labels["ai.fitml.fit-model.version"] == registered["fit_model"]
+    # A work directory of its own (no MLflow artifacts, no BentoML store) and a tracking URI
+    # that refuses connections: the models can only come from the image.
+    champion_workdir = tmp_path / "champion-var"
+    champion_workdir.mkdir()
+    champion_workdir.chmod(0o777)
+    champion_port = free_port()
+    champion_started = time.perf_counter()
+    containers.run(
+        "champion",
+        champion_tag,
+        [],
+        detach=True,
+        env={
+            **env,
+            "FITML_PORT": str(champion_port),
+            "FITML_MLFLOW_TRACKING_URI": "postgresql+psycopg://postgres@127.0.0.1:9/no_mlflow",
+        },
+        volumes={str(champion_workdir): WORKDIR, str(secrets_dir): f"{SECRETS}:ro"},
+    )
+    champion_ready_s = containers.wait_healthy("champion", champion_port, champion_started)
+    answer = httpx.post(
+        f"http://127.0.0.1:{champion_port}/recommend",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_versions"] == registered
+    assert answer.json()["recommended_size"]
+    assert not list((champion_workdir / "bentoml" / "models").glob("*"))  # nothing imported
     report = {
-        "build_seconds": images.build_seconds,
-        "ready_seconds": {"prediction": prediction_ready_s, "session": session_ready_s},
+        "build_seconds": {**images.build_seconds, "champion": champion_build_s},
+        "ready_seconds": {
+            "prediction": prediction_ready_s,
+            "session": session_ready_s,
+            "champion": champion_ready_s,
+        },
     }
     print(json.dumps(report))
+
+
+def _champion_versions(stack: ProdStack, settings: Any) -> dict[str, str]:
+    """The versions holding the champion alias in the stack's MLflow registry."""
+    dsn = stack.env["FITML_MLFLOW_TRACKING_URI"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT name, version FROM registered_model_aliases WHERE alias = 'champion'"
+            ).fetchall()
+        )
+    return {
+        "fit_model": str(rows[settings.mlflow.fit_model_name]),
+        "size_model": str(rows[settings.mlflow.size_model_name]),
+    }
+
+
+def _build_champion(
+    images: Images, containers: Containers, env: dict[str, str], volumes: dict[str, str]
+) -> tuple[str, float]:
+    """Export the champions with the job image and build the champion image; its tag, seconds.
+
+    The image is removed when the test's containers are (its tag is unique to this test).
+    """
+    containers.run(
+        "export",
+        images.tags["job"],
+        [
+            "bento",
+            "export",
+            "--profile",
+            "prod",
+            "--workdir",
+            WORKDIR,
+            "--out",
+            f"{WORKDIR}/champion",
+        ],
+        detach=False,
+        env=env,
+        volumes=volumes,
+        timeout=300,
+    )
+    workdir = next(host for host, inside in volumes.items() if inside == WORKDIR)
+    tag = f"localhost/fitml-prediction-champion:{containers.prefix}"
+    containers.images.append(tag)
+    manifest = json.loads((Path(workdir) / "champion" / "fitml-models.json").read_text())
+    started = time.perf_counter()
+    podman(
+        "build", "--format", "docker", "-f", str(REPO_ROOT / "deploy" / "champion.Dockerfile"),
+        "--build-arg", f"PREDICTION_IMAGE={images.tags['prediction']}",
+        "--build-arg", f"FIT_VERSION={manifest['models']['fit_champion']['version']}",
+        "--build-arg", f"SIZE_VERSION={manifest['models']['size_champion']['version']}",
+        "-t", tag, str(Path(workdir) / "champion"),
+        timeout=600,
+    )  # fmt: skip
+    return tag, time.perf_counter() - started

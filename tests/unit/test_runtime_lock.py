@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +45,39 @@ def test_runtime_lock_holds_what_the_packages_import_and_no_test_tooling() -> No
     assert deps
     for dep in re.findall(r'"([A-Za-z0-9_.-]+)', deps.group(1)):
         assert re.sub(r"[-_.]+", "-", dep).lower() in runtime, dep
+
+
+JOB_ONLY = ("evidently", "plotly", "statsmodels", "nltk", "distributed", "litestar")
+
+
+def test_serving_lock_is_the_runtime_lock_without_the_jobs_packages() -> None:
+    main, runtime = _pins("requirements.lock"), _pins("requirements-runtime.lock")
+    serving = _pins("requirements-serving.lock")
+    assert len(serving) > 150
+    assert set(serving) <= set(runtime), set(serving) - set(runtime)
+    assert not {n: v for n, v in serving.items() if main[n] != v}
+    assert _requirements("requirements-serving.in") <= set(serving)
+    for needed in ("feast", "bentoml", "mlflow", "lightgbm", "optuna", "psycopg", "redis"):
+        assert needed in serving
+    for left_out in (*JOB_ONLY, "mypy", "pytest"):
+        assert left_out not in serving, left_out
+
+
+def test_the_services_import_without_the_jobs_packages() -> None:
+    """What the prediction and session images run imports with the jobs' packages absent."""
+    blocked = ", ".join(repr(name) for name in JOB_ONLY)
+    program = f"""
+import importlib, importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ({blocked}):
+            raise ImportError(f"{{name}} is not in the service images")
+sys.meta_path.insert(0, Absent())
+for module in ("serving.service", "serving.session.server", "training.models",
+               "training.registry", "serving.bento_export", "ml_pipeline.cli"):
+    importlib.import_module(module)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
