@@ -50,3 +50,14 @@ def test_a_vulnerable_pin_fails_with_its_advisory() -> None:
     summary = _module().summarise(report)
     assert summary.exit_code == 1
     assert "VULNERABLE a==1: GHSA-x" in summary.render()
+
+
+def test_static_analysis_finds_nothing_outside_the_triaged_baseline() -> None:
+    """``make audit``'s bandit step: a new finding must be reviewed (deploy/security/TRIAGE.md)."""
+    import subprocess
+
+    bandit = Path(sys.executable).with_name("bandit")
+    argv = [str(bandit), "-q", "-r", "ml_pipeline", "features", "training", "serving"]
+    argv += ["evaluation", "-b", "deploy/security/bandit-baseline.json"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
