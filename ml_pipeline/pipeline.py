@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ml_pipeline.console import emit
+from ml_pipeline.console import emit, library_output
 from ml_pipeline.settings import Settings
 
 
@@ -204,7 +204,8 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         summary.ingest = json.loads(ingested.to_json())
     with stage("features"):
         store.apply(settings)
-        store.materialize(settings)
+        with library_output("Feast materialize"):
+            store.materialize(settings)
     with stage("training_set"):
         frame = load_training_set(settings, rebuild=True)
     if config.if_drift:

@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
+from ml_pipeline.console import library_output
 from ml_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def log_and_register(
     wrapper = FitmlPyfunc()
     wrapper.model = model
     signature = infer_signature(example, wrapper.predict(None, example))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, library_output("MLflow log_model"):
         model_dir = model.save(Path(tmp) / "model")
         info = mlflow.pyfunc.log_model(
             name=f"{model.kind}_model",
