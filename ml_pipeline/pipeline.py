@@ -93,7 +93,9 @@ class PipelineSummary:
             "  drift (latest window vs training window): "
             + (f"DETECTED in {drifted}" if self.drift.get("drift_detected") else "none"),
             "",
-            f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
+            f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri} "
+            "--port 5000",
+            f"                 then open {self.paths.get('mlflow_runs')}",
             f"  drift report:  {self.paths.get('drift_html')}",
             f"  analysts:      fitml monitoring-ui --workdir {settings.workdir}  (drift over time)",
             f"  serve:         {_serve_command(settings)}",
@@ -169,6 +171,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     from features import store
     from ml_pipeline.ingest import ingest_synthetic
     from ml_pipeline.synth import generate
+    from training import registry
     from training.promote import promote
     from training.train import load_training_set, train
 
@@ -229,6 +232,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
                     settings.workdir / "examples" / "recommend.jsonl",
                 )
             )
+            summary.paths["mlflow_runs"] = str(registry.experiment_runs_url(settings))
             (settings.reports_dir / "pipeline_summary.json").write_text(
                 json.dumps(summary.__dict__, indent=2, default=str)
             )
@@ -254,6 +258,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     events = store.read_offline(settings, "events")
     examples = write_examples(settings, events, settings.workdir / "examples" / "recommend.jsonl")
     summary.paths["examples"] = str(examples)
+    summary.paths["mlflow_runs"] = str(registry.experiment_runs_url(settings))
     (settings.reports_dir / "pipeline_summary.json").write_text(
         json.dumps(summary.__dict__, indent=2, default=str)
     )
