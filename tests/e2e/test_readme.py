@@ -1,4 +1,4 @@
-"""The README's Quickstart, "Your own data" and "Session API" blocks, pasted into a terminal.
+"""The README's Quickstart, "Your own data", "Session API" and "Analysts" blocks, pasted.
 
 Every fenced ``bash`` block of those sections runs as a user would run it: from a copy of the
 repository (its top-level entries linked into a temporary folder, so ``var/`` is fresh), with
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ("Quickstart", "Your own data", "Session API")
+SECTIONS = ("Quickstart", "Your own data", "Session API", "Analysts")
 SERVER_MARK = "Ctrl-C stops it"
 _FENCE = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
@@ -76,7 +76,7 @@ def _wait_port(block: str, process: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.mark.timeout(2400)  # a small `make demo`, two servers, the session round trip
 def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    ports = {p: str(free_port()) for p in ("3000", "8000", "5000")}
+    ports = {p: str(free_port()) for p in ("3000", "8000", "5000", "8001")}
     root = _checkout(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FITML_", "BENTOML_"))}
     env.update(
@@ -92,7 +92,7 @@ def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
         for heading in SECTIONS:
             out = []
             for i, block in enumerate(readme_blocks(text, heading)):
-                block = re.sub(r"\b(3000|8000|5000)\b", lambda m: ports[m.group(1)], block)
+                block = re.sub(r"\b(3000|8000|5000|8001)\b", lambda m: ports[m.group(1)], block)
                 if SERVER_MARK in block:
                     log = tmp_path / f"server-{heading}-{i}.log"
                     with log.open("wb") as handle:
