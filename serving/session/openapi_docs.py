@@ -6,7 +6,7 @@ installed ``fastapi-offline`` package (pinned in the locks, which ships Swagger 
 ReDoc's dist files) and are served under :data:`ASSETS_URL`; nothing on the pages reaches
 past the service (no CDN, no Google fonts, no online validator badge), and the pages' Content
 Security Policy (:data:`CONTENT_SECURITY_POLICY`) has the browser refuse anything that would
-(ReDoc always asks the Redocly CDN for its footer logo; offline it is left out).
+(ReDoc always asks the Redocly CDN for its footer logo: refused, the footer keeps its text).
 """
 
 from __future__ import annotations
