@@ -6,7 +6,9 @@ the virtual environment's ``bin`` on PATH, in order. A block that says "Ctrl-C s
 starts a server: it keeps running (a terminal of its own) while the next blocks run, and is
 stopped with Ctrl-C (SIGINT) at the end. Two things differ from a user's machine, to keep the
 test small and let it share a machine: ``make demo`` gets small data (``DEMO_ARGS``, one
-Optuna trial), and the README's ports are replaced by free ones.
+Optuna trial; enough events that the window after training holds weekly drift checks of at
+least 500 rows, which the Analysts page shows), and the README's ports are replaced by free
+ones.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
     env.update(
         PATH=f"{BIN}:{env.get('PATH', '')}",
         VIRTUAL_ENV=str(BIN.parent),
-        DEMO_ARGS="--users 400 --products 40 --events 6000 --trials 1",
+        DEMO_ARGS="--users 400 --products 40 --events 10000 --trials 1",
         FITML_TRIALS="1",
         MLFLOW_TRACKING_URI="",
     )
