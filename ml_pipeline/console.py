@@ -16,20 +16,27 @@ print nothing themselves, so library callers and tests stay quiet. The CLI insta
       tuning fit model: trial 4/6, best multi_logloss 0.3012, 41 s, budget left 79 s
 
 It also quiets what users cannot act on: Optuna's per-trial INFO lines and the deprecation
-notices of libraries (:func:`quiet_libraries`).
+notices of libraries (:func:`quiet_libraries`), and keeps what libraries print straight to the
+terminal (Feast's "Materializing ..." lines and progress bars, MLflow's registration notices)
+out of the stage lines (:func:`library_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import IO, Any, Final, TextIO
 
 LOGGER: Final = "fitml.console"
 """The logger every stage reports progress on (a child of ``fitml``: the services' own loggers,
 ``fitml.session`` and ``fitml.prediction``, keep going to the process's JSON log)."""
+LIBRARY_LOGGER: Final = "fitml.library"
+"""Where :func:`library_output` sends what a library printed (at DEBUG)."""
 
 
 def emit(event: str, message: str, **fields: Any) -> None:
@@ -150,6 +157,34 @@ def quiet_libraries() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     except ImportError:  # pragma: no cover - optuna is a dependency
         pass
+
+
+@contextlib.contextmanager
+def library_output(what: str) -> Iterator[None]:
+    """Keep what a library prints on stdout and stderr off the terminal while ``what`` runs.
+
+    Feast's ``materialize`` prints "Materializing N feature views ..." and a progress bar per
+    view, and MLflow's ``log_model`` prints download bars and registration notices, between
+    fitml's stage lines. Here they go to the :data:`LIBRARY_LOGGER` log at DEBUG instead; if
+    ``what`` fails, they are written to stderr before the error goes on, so nothing that
+    explains a failure is lost. The console's own lines are unaffected
+    (:class:`ConsoleHandler` keeps the stream it was given).
+
+    Args:
+        what: what runs, for the log and the failure message (``"Feast materialize"``).
+    """
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        printed = buffer.getvalue()
+        if printed.strip():
+            sys.stderr.write(f"{what} printed before it failed:\n{printed.rstrip()}\n")
+        raise
+    printed = buffer.getvalue()
+    if printed.strip():
+        logging.getLogger(LIBRARY_LOGGER).debug("%s printed:\n%s", what, printed.rstrip())
 
 
 def configure_console(stream: IO[str] | None = None) -> ConsoleHandler:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ml_pipeline.console import emit
+from ml_pipeline.console import emit, library_output
 from ml_pipeline.settings import Settings
 
 
@@ -93,7 +93,9 @@ class PipelineSummary:
             "  drift (latest window vs training window): "
             + (f"DETECTED in {drifted}" if self.drift.get("drift_detected") else "none"),
             "",
-            f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri}",
+            f"  MLflow runs:   mlflow ui --backend-store-uri {settings.mlflow.tracking_uri} "
+            "--port 5000",
+            f"                 then open {self.paths.get('mlflow_runs')}",
             f"  drift report:  {self.paths.get('drift_html')}",
             f"  analysts:      fitml monitoring-ui --workdir {settings.workdir}  (drift over time)",
             f"  serve:         {_serve_command(settings)}",
@@ -169,6 +171,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     from features import store
     from ml_pipeline.ingest import ingest_synthetic
     from ml_pipeline.synth import generate
+    from training import registry
     from training.promote import promote
     from training.train import load_training_set, train
 
@@ -204,7 +207,8 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         summary.ingest = json.loads(ingested.to_json())
     with stage("features"):
         store.apply(settings)
-        store.materialize(settings)
+        with library_output("Feast materialize"):
+            store.materialize(settings)
     with stage("training_set"):
         frame = load_training_set(settings, rebuild=True)
     if config.if_drift:
@@ -228,6 +232,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
                     settings.workdir / "examples" / "recommend.jsonl",
                 )
             )
+            summary.paths["mlflow_runs"] = str(registry.experiment_runs_url(settings))
             (settings.reports_dir / "pipeline_summary.json").write_text(
                 json.dumps(summary.__dict__, indent=2, default=str)
             )
@@ -253,6 +258,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     events = store.read_offline(settings, "events")
     examples = write_examples(settings, events, settings.workdir / "examples" / "recommend.jsonl")
     summary.paths["examples"] = str(examples)
+    summary.paths["mlflow_runs"] = str(registry.experiment_runs_url(settings))
     (settings.reports_dir / "pipeline_summary.json").write_text(
         json.dumps(summary.__dict__, indent=2, default=str)
     )

@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
+from ml_pipeline.console import library_output
 from ml_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,11 +69,37 @@ EXPERIMENT_DESCRIPTIONS: Final = {
 }
 
 
+MLFLOW_UI: Final = "http://127.0.0.1:5000"
+"""Where ``mlflow ui --port 5000`` answers (the README's command)."""
+MODEL_TRAINING_VIEW: Final = "workflowType=machine_learning"
+"""The MLflow UI's query parameter that selects its "Model training" views."""
+
+
+def runs_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
+    """The MLflow UI page of an experiment's runs table, in the UI's model-training views.
+
+    MLflow 3.17's UI does not read the experiment's ``mlflow.experimentKind`` tag to choose
+    between its GenAI and model-training views: a "GenAI / Model training" switch in its
+    sidebar does, remembered per browser and GenAI by default, so a fresh browser opens any
+    experiment on the GenAI overview ("Traces 0"). The ``workflowType`` parameter of this
+    link sets the switch, and the experiment then opens on its runs.
+    """
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_runs_url(settings: Settings, ui: str = MLFLOW_UI) -> str | None:
+    """:func:`runs_url` of the settings' training experiment (None before its first run)."""
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    return None if experiment is None else runs_url(str(experiment.experiment_id), ui)
+
+
 def ensure_experiment(settings: Settings, name: str, *, kind: str = "training") -> str:
     """The id of experiment ``name``, created with the profile's artifact location if missing.
 
-    The experiment is marked as model training (``mlflow.experimentKind``), so the MLflow UI
-    opens it on its runs and models, not on the GenAI views, and carries a description.
+    The experiment is marked as model training (``mlflow.experimentKind``, what MLflow's API
+    and other MLflow UIs read; MLflow 3.17's UI also needs :func:`runs_url`'s link) and
+    carries a description.
     """
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
@@ -134,7 +161,7 @@ def log_and_register(
     wrapper = FitmlPyfunc()
     wrapper.model = model
     signature = infer_signature(example, wrapper.predict(None, example))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, library_output("MLflow log_model"):
         model_dir = model.save(Path(tmp) / "model")
         info = mlflow.pyfunc.log_model(
             name=f"{model.kind}_model",

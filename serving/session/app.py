@@ -47,6 +47,7 @@ from serving.session.observability import (
     Metrics,
     request_id_from,
 )
+from serving.session.openapi_docs import add_docs
 from serving.session.schemas import (
     EXAMPLE_PRODUCT,
     EXAMPLE_SESSION,
@@ -250,7 +251,8 @@ def create_app(
 
     With ``docs`` the API is browsable without a key: ``/docs`` (Swagger UI, where
     "Authorize" takes the API key and "Try it out" sends the examples), ``/redoc`` and
-    ``/openapi.json``.
+    ``/openapi.json``; the pages' scripts and styles are served by the app too
+    (:mod:`serving.session.openapi_docs`), so they work where no CDN can be reached.
     """
 
     @asynccontextmanager
@@ -278,10 +280,12 @@ def create_app(
             "read, feedback; admin for /metrics)."
         ),
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # served from the service itself, not a CDN: add_docs below
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        add_docs(app)
     app.state.services = services
     if services is not None:  # credentials and limits before any body is read
         app.add_middleware(

@@ -77,6 +77,38 @@ def test_the_run_shows_stages_and_one_tuning_line_per_model(second_run: tuple[Pa
     assert "Trial 0 finished" not in text  # Optuna's own lines stay out
 
 
+CONSOLE_LINE = re.compile(
+    r"^(fitml pipeline into .* \(loading the libraries \.\.\.\)"
+    r"|\[\d/7\] .* \.\.\."
+    r"|\[\d/7\] \w+ done in \d+\.\d s"
+    r"|tuning (fit|size) model: trial \d+/\d+, .*)$"
+)
+"""The lines ``fitml pipeline run`` shows before its closing summary: its own, nothing else."""
+
+
+def test_the_console_shows_only_fitml_lines_until_the_summary(tmp_path: Path) -> None:
+    """``fitml pipeline run`` as a user runs it: stdout and stderr on one terminal, in order."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a terminal's order, not a pipe's buffering
+    small = ["--users", "300", "--products", "40", "--events", "3000", "--trials", "2"]
+    out = subprocess.run(
+        [str(BIN / "fitml"), "pipeline", "run", "--workdir", str(tmp_path / "var"), *small],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+    before, summary = out.stdout.split("\nfitml pipeline: done in ", 1)
+    lines = [line for line in before.splitlines() if line.strip()]
+    foreign = [line for line in lines if not CONSOLE_LINE.match(line)]
+    assert not foreign, foreign  # e.g. Feast's "Materializing 4 feature views ..."
+    assert len([line for line in lines if line.startswith("[3/7] ")]) == 2
+    assert "Materializing" not in out.stdout and "Downloading artifacts" not in out.stdout
+    assert "fit model: P(too small, fit, too large)" in summary
+
+
 def test_mlflow_shows_training_apart_with_descriptions_and_the_gate(
     second_run: tuple[Path, str],
 ) -> None:

@@ -1,4 +1,4 @@
-"""The README's Quickstart, "Your own data" and "Session API" blocks, pasted into a terminal.
+"""The README's Quickstart, "Your own data", "Session API" and "Analysts" blocks, pasted.
 
 Every fenced ``bash`` block of those sections runs as a user would run it: from a copy of the
 repository (its top-level entries linked into a temporary folder, so ``var/`` is fresh), with
@@ -6,7 +6,9 @@ the virtual environment's ``bin`` on PATH, in order. A block that says "Ctrl-C s
 starts a server: it keeps running (a terminal of its own) while the next blocks run, and is
 stopped with Ctrl-C (SIGINT) at the end. Two things differ from a user's machine, to keep the
 test small and let it share a machine: ``make demo`` gets small data (``DEMO_ARGS``, one
-Optuna trial), and the README's ports are replaced by free ones.
+Optuna trial; enough events that the window after training holds weekly drift checks of at
+least 500 rows, which the Analysts page shows), and the README's ports are replaced by free
+ones.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SECTIONS = ("Quickstart", "Your own data", "Session API")
+SECTIONS = ("Quickstart", "Your own data", "Session API", "Analysts")
 SERVER_MARK = "Ctrl-C stops it"
 _FENCE = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
@@ -76,13 +78,13 @@ def _wait_port(block: str, process: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.mark.timeout(2400)  # a small `make demo`, two servers, the session round trip
 def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
     text = (REPO_ROOT / "README.md").read_text()
-    ports = {p: str(free_port()) for p in ("3000", "8000", "5000")}
+    ports = {p: str(free_port()) for p in ("3000", "8000", "5000", "8001")}
     root = _checkout(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FITML_", "BENTOML_"))}
     env.update(
         PATH=f"{BIN}:{env.get('PATH', '')}",
         VIRTUAL_ENV=str(BIN.parent),
-        DEMO_ARGS="--users 400 --products 40 --events 6000 --trials 1",
+        DEMO_ARGS="--users 400 --products 40 --events 10000 --trials 1",
         FITML_TRIALS="1",
         MLFLOW_TRACKING_URI="",
     )
@@ -92,7 +94,7 @@ def test_readme_blocks_work_when_pasted(tmp_path: Path) -> None:
         for heading in SECTIONS:
             out = []
             for i, block in enumerate(readme_blocks(text, heading)):
-                block = re.sub(r"\b(3000|8000|5000)\b", lambda m: ports[m.group(1)], block)
+                block = re.sub(r"\b(3000|8000|5000|8001)\b", lambda m: ports[m.group(1)], block)
                 if SERVER_MARK in block:
                     log = tmp_path / f"server-{heading}-{i}.log"
                     with log.open("wb") as handle:

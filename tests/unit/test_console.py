@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 
 import pytest
 
-from ml_pipeline.console import LOGGER, ConsoleHandler, emit, trial_line
+from ml_pipeline.console import (
+    LIBRARY_LOGGER,
+    LOGGER,
+    ConsoleHandler,
+    emit,
+    library_output,
+    trial_line,
+)
 
 
 class _Tty(io.StringIO):
@@ -131,3 +139,41 @@ with warnings.catch_warnings():
     ).stderr
     assert "old api" not in err and "soon" not in err
     assert "check your data" in err
+
+
+def test_library_output_keeps_prints_off_the_terminal(
+    console: tuple[io.StringIO, _Tty],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipe, _ = console
+    with caplog.at_level(logging.DEBUG, logger=LIBRARY_LOGGER):
+        emit("stage_start", "[3/7] features ...", stage="features")
+        with library_output("Feast materialize"):
+            print("Materializing 4 feature views into the sqlite online store.")
+            sys.stderr.write("user_profile: 100%|##########| 4/4\n")
+            emit("note", "a fitml line still shows")
+        emit("stage_end", "[3/7] features done in 1.0 s", stage="features")
+    out, err = capsys.readouterr()
+    assert "Materializing" not in out + err and "user_profile" not in out + err
+    assert pipe.getvalue() == (
+        "[3/7] features ...\na fitml line still shows\n[3/7] features done in 1.0 s\n"
+    )
+    kept = [r.getMessage() for r in caplog.records if r.name == LIBRARY_LOGGER]
+    assert len(kept) == 1 and "Materializing 4 feature views" in kept[0]
+    print("after")  # the streams are back
+    assert capsys.readouterr().out == "after\n"
+
+
+def test_library_output_shows_what_was_printed_when_the_call_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with (
+        pytest.raises(ValueError, match="no such feature view"),
+        library_output("Feast materialize"),
+    ):
+        print("Materializing 1 feature views")
+        raise ValueError("no such feature view")
+    err = capsys.readouterr().err
+    assert "Feast materialize printed before it failed:" in err
+    assert "Materializing 1 feature views" in err

@@ -8,6 +8,7 @@ substituted, the session id kept from "start a session").
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from serving.session.config import ClientSettings, hash_key
 from serving.session.delivery import Deliverer
 from serving.session.observability import Metrics
 from serving.session.openapi import openapi_document
+from serving.session.openapi_docs import ASSETS_URL, CONTENT_SECURITY_POLICY
 from serving.session.postman import COLLECTION_FILE, collection, render
 from serving.session.schemas import EXAMPLE_PRODUCT, Feedback, StartSession
 from serving.session.security import KeyRing, LocalRateLimiter
@@ -105,10 +107,27 @@ def test_browsable_docs_and_their_switch(client: TestClient, tmp_path: Path) -> 
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text and "/openapi.json" in docs.text
     assert client.get("/redoc").status_code == 200
+    assert client.get("/docs/oauth2-redirect").status_code == 200
     assert client.get("/openapi.json").json() == openapi_document()
     with TestClient(create_app(_services(tmp_path / "off"), docs=False)) as closed:
         assert closed.get("/docs").status_code == 404
         assert closed.get("/openapi.json").status_code == 404
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_service(client: TestClient, page: str) -> None:
+    """Swagger UI's and ReDoc's files are served by the app, from the installed package."""
+    html = client.get(page)
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert sources and all(s.startswith(ASSETS_URL + "/") for s in sources), sources
+    assert "fonts.googleapis" not in html.text and "cdn." not in html.text
+    assert html.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200 and len(asset.content) > 1000, source
+    js = client.get(f"{ASSETS_URL}/swagger-ui-bundle.js")
+    assert "javascript" in js.headers["content-type"] and b"SwaggerUIBundle" in js.content
+    assert client.get(f"{ASSETS_URL}/../openapi_docs.py").status_code == 404
 
 
 def test_postman_collection_is_current_and_covers_every_operation() -> None:
