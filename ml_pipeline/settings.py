@@ -47,10 +47,10 @@ class OptunaSettings(_Strict):
     n_trials: int = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
 
-    @field_validator("storage", mode="before")
+    @field_validator("storage", "timeout_s", mode="before")
     @classmethod
-    def _blank_is_in_memory(cls, value: Any) -> Any:
-        """An empty storage (``${FITML_OPTUNA_STORAGE:-}`` unset) means in memory."""
+    def _blank_is_none(cls, value: Any) -> Any:
+        """An empty value (``${FITML_OPTUNA_STORAGE:-}`` unset) means in memory / no ceiling."""
         return None if isinstance(value, str) and not value.strip() else value
 
 

@@ -68,3 +68,12 @@ def test_mlflow_and_optuna_in_one_database_is_refused_by_name(tmp_path: Path) ->
     apart = {**same, "FITML_OPTUNA_STORAGE": "postgresql://postgres@127.0.0.1:5432/optuna"}
     settings = load_settings("prod", tmp_path, env=apart)
     assert settings.optuna.storage == apart["FITML_OPTUNA_STORAGE"]
+
+
+def test_local_tuning_has_no_time_ceiling_unless_asked(tmp_path: Path) -> None:
+    """The trial count alone decides, so figures repeat however loaded the machine is."""
+    assert load_settings("local", tmp_path, env={}).optuna.timeout_s is None
+    capped = load_settings("local", tmp_path, env={"FITML_TUNING_TIMEOUT_S": "600"})
+    assert capped.optuna.timeout_s == 600.0
+    with pytest.raises(SettingsError, match=r"optuna\.timeout_s"):
+        load_settings("local", tmp_path, env={"FITML_TUNING_TIMEOUT_S": "ten minutes"})
