@@ -49,6 +49,26 @@ def test_runtime_lock_holds_what_the_packages_import_and_no_test_tooling() -> No
 
 JOB_ONLY = ("evidently", "plotly", "statsmodels", "nltk", "distributed", "litestar")
 
+JOB_ONLY_REQUIREMENTS = {
+    "dask": "training on a Dask cluster (fitml train --engine dask)",
+    "evidently": "drift reports and the analysts' monitoring UI",
+    "matplotlib": "evaluation and drift plots",
+}
+"""The runtime requirements the service images leave out, each with what only the jobs run."""
+
+
+def test_every_runtime_requirement_is_in_the_service_images_or_declared_job_only() -> None:
+    """A package added to the runtime lock must also go to the serving lock, or be named here.
+
+    (A package the session service needed reached only the job image once: its image then
+    failed at start.)
+    """
+    left_out = _requirements("requirements-runtime.in") - _requirements("requirements-serving.in")
+    assert left_out == set(JOB_ONLY_REQUIREMENTS), (
+        f"in requirements-runtime.in but not requirements-serving.in: {sorted(left_out)}; add "
+        "them to requirements-serving.in (and `make lock`) or to JOB_ONLY_REQUIREMENTS"
+    )
+
 
 def test_serving_lock_is_the_runtime_lock_without_the_jobs_packages() -> None:
     main, runtime = _pins("requirements.lock"), _pins("requirements-runtime.lock")
