@@ -56,6 +56,8 @@ import httpx
 
 SESSIONS = "/api/v1/tryon/sessions"
 MB20 = 20 * 2**20
+LIVEZ_FLOOD_MARGIN_MS = 150.0
+"""How much slower /livez may answer under the unauthenticated flood (the defect: +624 ms)."""
 
 
 @dataclass
@@ -279,7 +281,10 @@ class Probe:
             flood_requests=len(flood_statuses),
             flood_statuses=sorted(set(flood_statuses)),
         )
-        livez_ok = during < max(5 * alone, alone + 25.0)
+        # Reading 20 MB bodies before the 401 put /livez at 629 ms (from 5 ms); what remains
+        # now is CPU contention on a small machine (the flooding threads share this process and
+        # its cores with the service), tens of milliseconds: the bound tells the two apart.
+        livez_ok = during < max(10 * alone, alone + LIVEZ_FLOOD_MARGIN_MS)
 
         big = b"{" + b" " * (2 * 2**20) + b"}"
         s413, _ = raw_request(
