@@ -58,6 +58,25 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float
+) -> None:
+    """Wait until ``url`` answers 200; fail with the server's log if it exits or never does."""
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what} did not answer in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The ../shared/data folder (skips, or fails in CI, when absent)."""

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, REPO_ROOT, free_port, require, stop_service
+from conftest import BIN, REPO_ROOT, free_port, require, stop_service, wait_for_http
 
 from evaluation import workspace
 from evaluation.drift import compare
@@ -73,19 +71,7 @@ def test_the_page_shows_the_latest_verdict_in_a_browser(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"fitml monitoring-ui exited:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > 120:
-                pytest.fail(f"the page did not answer in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_http(url, proc, log, "fitml monitoring-ui", 120)
         shot = tmp_path / "analysts_page.png"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(

@@ -14,14 +14,12 @@ import json
 import re
 import shutil
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import BIN, REPO_ROOT, free_port, require, stop_service
+from conftest import BIN, REPO_ROOT, free_port, require, stop_service, wait_for_http
 
 from serving.session.testing import clone_workdir
 from training import registry
@@ -62,19 +60,7 @@ def mlflow_ui(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow ui exited:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - started > 180:
-                pytest.fail(f"mlflow ui did not answer in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_http(f"{url}/health", proc, log, "mlflow ui", 180)
         yield url
     finally:
         stop_service(proc)  # type: ignore[arg-type]
