@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -213,13 +213,24 @@ class StudySpec:
 
 
 def create_shared_study(
-    storage: QueuedTrialsStorage, study_name: str, spec: StudySpec
+    storage: QueuedTrialsStorage,
+    study_name: str,
+    spec: StudySpec,
+    points: Sequence[Mapping[str, Any]] = (),
 ) -> optuna.Study:
     """Create ``study_name`` with ``spec.n_trials`` queued trials and the worker's spec.
 
+    ``points`` fix the parameters of the first queued trials (as ``initial_params`` of
+    :func:`training.tuning.tune_lightgbm`); the other trials are sampled by the worker that
+    takes them.
+
     Raises:
-        InvalidValueError: a study of that name exists already.
+        InvalidValueError: a study of that name exists already, or more points than trials.
     """
+    if len(points) > spec.n_trials:
+        raise InvalidValueError(
+            "points", len(points), f"exceed the study's {spec.n_trials} trials", "queue fewer"
+        )
     if spec.model not in _MODELS:
         raise InvalidValueError("model", spec.model, "is not a fitml model", "use fit or size")
     if spec.n_trials < 1:
@@ -231,8 +242,8 @@ def create_shared_study(
             "study", study_name, "exists already", "pick a new study name"
         ) from None
     spec.save(study)
-    for _ in range(spec.n_trials):
-        study.enqueue_trial({})
+    for i in range(spec.n_trials):
+        study.enqueue_trial(dict(points[i]) if i < len(points) else {})
     return study
 
 
@@ -442,8 +453,11 @@ def tune_in_workers(
     study_name: str | None = None,
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
+    initial_params: Sequence[Mapping[str, Any]] = (),
 ) -> TuningResult:
     """Tune ``model`` with ``workers`` local ``fitml tune-worker`` processes on one study.
+
+    ``initial_params`` fix the first trials' parameters (see :func:`create_shared_study`).
 
     The train and validation rows are written to ``data_dir/<study>.parquet`` for the
     workers; when an MLflow run is active the workers' runs (and their trials) nest under it
@@ -480,7 +494,7 @@ def tune_in_workers(
         mlflow_tracking_uri=mlflow.get_tracking_uri() if active else "",
         mlflow_parent_run_id=active.info.run_id if active else "",
     )
-    study = create_shared_study(storage, name, spec)
+    study = create_shared_study(storage, name, spec, initial_params)
     logs = [data_dir / f"{name}.worker-{i}.log" for i in range(workers)]
     procs = []
     for i, log in enumerate(logs):

@@ -44,6 +44,24 @@ import numpy as np
 
 SIZES = (250_000, 1_000_000, 4_000_000, 16_000_000)
 PHASES = ("features", "local", "dask")
+TRIAL_POINTS: tuple[dict[str, float], ...] = (
+    {"learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 50, "feature_fraction": 0.8},
+    {"learning_rate": 0.05, "num_leaves": 63, "min_data_in_leaf": 100, "feature_fraction": 0.9},
+    {"learning_rate": 0.2, "num_leaves": 15, "min_data_in_leaf": 20, "feature_fraction": 0.7},
+    {"learning_rate": 0.08, "num_leaves": 127, "min_data_in_leaf": 200, "feature_fraction": 1.0},
+)
+"""The parameters of the tuning trials, the same for both engines: a cost comparison of the
+engines, not of the points each one's sampler happened to draw."""
+
+
+def trial_points(kind: str, trials: int) -> list[dict[str, float]]:
+    """The fixed points of the first ``trials`` trials of model ``kind``."""
+    fixed = {"bagging_fraction": 0.8, "lambda_l1": 1e-3, "lambda_l2": 1e-3}
+    points = [{**TRIAL_POINTS[i % len(TRIAL_POINTS)], **fixed} for i in range(trials)]
+    if kind == "fit":
+        for point in points:
+            point["class_weight_power"] = 0.5
+    return points
 
 
 def shape(events: int) -> tuple[int, int]:
@@ -167,6 +185,7 @@ def phase_train(
                 seed=0,
                 data_dir=work / "tuning",
                 max_rounds=max_rounds,
+                initial_params=trial_points(kind, trials),
             )
         else:
             X_tr, y_tr, X_va, y_va, objective, categorical = distributed.tuning_inputs(
@@ -182,6 +201,7 @@ def phase_train(
                 categorical=categorical,
                 base_params={"num_threads": 1, "num_boost_round": max_rounds},
                 log_to_mlflow=False,
+                initial_params=trial_points(kind, trials),
                 **objective,
             )
         tuned[kind] = cls(
@@ -275,30 +295,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
-    if args.resume and out.is_file():  # keep the sizes a previous run finished
-        done = {
-            n: e
-            for n, e in json.loads(out.read_text())["sizes"].items()
-            if all((e.get(p) or {}).get("exit_code") == 0 for p in PHASES)
-        }
+    if args.resume and out.is_file():  # keep every phase a previous run finished
+        done = json.loads(out.read_text())["sizes"]
+    phases = args.phases.split(",")
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise SystemExit(f"--phases {args.phases}: {unknown} unknown; use some of {PHASES}")
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_avg_start": os.getloadavg(),
         },
-        "config": {"trials": args.trials, "max_rounds": args.max_rounds, "phases": PHASES},
+        "config": {"trials": args.trials, "max_rounds": args.max_rounds, "phases": args.phases},
         "sizes": {},
     }
     dsn = os.environ.get("FITML_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     db_name, optuna_url = _create_database(dsn)
     try:
         for events in [int(s) for s in args.sizes.split(",")]:
-            if str(events) in done:
-                report["sizes"][str(events)] = done[str(events)]
-                continue
             entry: dict[str, Any] = {"events": events, "users_products": shape(events)}
+            entry.update(done.pop(str(events), {}))
+            entry.pop("stopped", None)
             report["sizes"][str(events)] = entry
+            todo = [p for p in phases if (entry.get(p) or {}).get("exit_code") != 0]
+            if not todo:
+                continue
             need = events / 1e6 * args.gb_per_million
             if _available_gb() < need:
                 entry["stopped"] = (
@@ -308,14 +330,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             started = time.perf_counter()
             work = prepare(Path(args.cache), events)
-            entry["prepare_s"] = round(time.perf_counter() - started, 1)
-            for phase in PHASES:
+            entry.setdefault("prepare_s", round(time.perf_counter() - started, 1))
+            for phase in todo:
                 entry[phase] = run_phase(phase, work, args, optuna_url)
                 entry[phase]["load_avg"] = os.getloadavg()
                 _write(out, report)
                 print(f"{events:>10,} {phase:8} {json.dumps(entry[phase])}", flush=True)
     finally:
         _drop_database(dsn, db_name)
+    report["sizes"].update(done)  # sizes of a resumed run that this run did not ask for
     report["machine"]["load_avg_end"] = os.getloadavg()
     report["summary"] = summarise(report)
     _write(out, report)
@@ -437,9 +460,14 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="Stop before a size needing more memory than is available.",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="Which phases to run at each size (e.g. features alone for the largest sizes).",
+    )
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument(
-        "--resume", action="store_true", help="Keep the sizes --out already holds in full."
+        "--resume", action="store_true", help="Keep the phases --out already holds finished."
     )
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)

@@ -52,6 +52,20 @@ def test_a_shared_study_runs_exactly_its_queued_trials(tmp_path: Path) -> None:
         create_shared_study(storage, "queued", _spec(3))
 
 
+def test_fixed_points_set_the_first_queued_trials_and_the_rest_are_sampled(
+    tmp_path: Path,
+) -> None:
+    storage = shared_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    study = create_shared_study(storage, "points", _spec(3), [{"x": 0.25}, {"x": 0.75}])
+    with pytest.raises(StudyFullError):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=10)
+    xs = [t.params["x"] for t in study.get_trials(deepcopy=False)]
+    assert xs[:2] == [0.25, 0.75]
+    assert len(xs) == 3 and xs[2] not in (0.25, 0.75)
+    with pytest.raises(InvalidValueError, match="exceed the study's 1 trials"):
+        create_shared_study(storage, "too-many", _spec(1), [{"x": 0.1}, {"x": 0.2}])
+
+
 @pytest.mark.parametrize(
     ("url", "interval", "grace", "message"),
     [
