@@ -65,6 +65,8 @@ bench-scale: setup ## Cost curves 0.25M..16M events, local vs Dask (hours; data 
 	mkdir -p $(WORKDIR)/bench
 	nice -n 10 $(PY) -m tests.benchmarks.bench_scale --out $(WORKDIR)/bench/scale.json \
 		--cache $(WORKDIR)/bench/scale-data
+	nice -n 10 $(PY) -m tests.benchmarks.bench_tuning_workers \
+		--out $(WORKDIR)/bench/tuning_workers.json --cache $(WORKDIR)/bench/scale-data
 
 drift-calibrate: setup ## Drift false-alarm and detection rates over many seeds (~20 min)
 	$(PY) -m evaluation.calibrate_drift --out $(WORKDIR)/bench/drift_calibration.json

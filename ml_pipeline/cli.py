@@ -200,14 +200,14 @@ def features_training_set(
     profile: Profile = "local",
 ) -> None:
     """Build one point-in-time correct row per ingested event (applies the features first)."""
-    from features.store import apply, training_set
+    import pyarrow.parquet as pq
+
+    from features.store import apply, write_training_set
 
     settings = _settings(workdir, profile)
     apply(settings)
-    frame = training_set(settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out, index=False)
-    typer.echo(f"{len(frame):,} rows x {frame.shape[1]} columns -> {out}")
+    rows = write_training_set(settings, out)
+    typer.echo(f"{rows:,} rows x {len(pq.read_schema(out).names)} columns -> {out}")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from features import store as fs
@@ -64,6 +65,17 @@ def test_one_row_per_event_in_event_order(world: Settings, training: pd.DataFram
     assert set(training["event_id"]) == set(events["event_id"])
     assert training["event_timestamp"].is_monotonic_increasing
     assert set(FIT_MODEL_FEATURES) <= set(training.columns)
+
+
+def test_training_set_written_in_chunks_equals_the_one_built_whole(
+    world: Settings, training: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "rows.parquet"
+    rows = fs.write_training_set(world, path, chunk_rows=len(training) // 3 + 1)
+    assert rows == len(training)
+    assert pq.ParquetFile(path).num_row_groups == 3
+    pd.testing.assert_frame_equal(pd.read_parquet(path), training)
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_truncated_ingest_gives_identical_rows_before_cutoff(
