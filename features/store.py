@@ -271,6 +271,8 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
 
 TRAINING_SET_CHUNK_ROWS = 1_000_000
 """Events per point-in-time join when the training set is written to a file."""
+TRAINING_SET_ROW_GROUP_ROWS = 100_000
+"""Rows per parquet row group of that file: a Dask fit reads one partition per row group."""
 
 
 def write_training_set(
@@ -283,8 +285,8 @@ def write_training_set(
 
     Each chunk of ``chunk_rows`` events is joined and written as it is built, so memory holds
     one chunk's rows, never the whole set: the way to build tens of millions of rows. The file
-    has the rows :func:`training_set` returns, in event-time order, one row group per chunk;
-    it appears only when complete.
+    has the rows :func:`training_set` returns, in event-time order, in row groups of at most
+    ``TRAINING_SET_ROW_GROUP_ROWS``; it appears only when complete.
 
     Returns:
         The number of rows written.
@@ -314,7 +316,7 @@ def write_training_set(
                 writer = pq.ParquetWriter(partial, table.schema)
             else:  # a column all-null in one chunk is typed by the first chunk
                 table = table.cast(writer.schema)
-            writer.write_table(table, row_group_size=chunk_rows)
+            writer.write_table(table, row_group_size=min(chunk_rows, TRAINING_SET_ROW_GROUP_ROWS))
             rows += table.num_rows
         if writer is None:
             raise TrainingSetError("no events to build a training set from")
