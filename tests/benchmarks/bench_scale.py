@@ -355,7 +355,7 @@ def _write(out: Path, report: dict[str, Any]) -> None:
 
 def _series(report: dict[str, Any], phase: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for entry in report["sizes"].values():
+    for entry in sorted(report["sizes"].values(), key=lambda e: e["events"]):
         figures = entry.get(phase) or {}
         if figures.get("exit_code") == 0 and key in figures:
             xs.append(entry["events"])
@@ -392,7 +392,25 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     wall = summary["dask_over_local"].get("wall_s", {})
     faster = [int(n) for n, r in wall.items() if r < 1]
     summary["dask_faster_from_events"] = min(faster) if faster else None
+    summary["dask_crossover_events_extrapolated"] = crossover(
+        *_series(report, "local", "wall_s"), *_series(report, "dask", "wall_s")
+    )
     return summary
+
+
+def crossover(xl: np.ndarray, yl: np.ndarray, xd: np.ndarray, yd: np.ndarray) -> int | None:
+    """Where the two fitted power laws of wall time cross (None: they do not, or < 2 points).
+
+    An extrapolation from the measured sizes: the events at which the Dask engine's fitted
+    cost would fall below the local engine's.
+    """
+    if len(xl) < 2 or len(xd) < 2:
+        return None
+    kl, bl = np.polyfit(np.log(xl), np.log(yl), 1)
+    kd, bd = np.polyfit(np.log(xd), np.log(yd), 1)
+    if kd >= kl:
+        return None
+    return round(float(np.exp((bd - bl) / (kl - kd))))
 
 
 def plot(report: dict[str, Any], png: Path) -> None:

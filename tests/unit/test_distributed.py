@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from benchmarks.bench_scale import exponent, summarise
+from benchmarks.bench_scale import crossover, exponent, summarise
 
 from ml_pipeline.errors import InvalidValueError
 from training.distributed import (
@@ -133,3 +133,12 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queu
     assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.WAITING]
     assert trials[1].system_attrs["failed_trial"] == orphan.number
+
+
+def test_the_extrapolated_crossover_is_where_the_fitted_costs_meet() -> None:
+    x = np.array([1e5, 1e6])
+    # local = 1e-3 n and dask = 0.1 n^0.5 are equal at n = 1e4
+    local, dask = 1e-3 * x, 0.1 * np.sqrt(x)
+    assert crossover(x, local, x, dask) == 10_000
+    assert crossover(x, dask, x, local) is None  # the Dask line grows faster: never
+    assert crossover(x[:1], local[:1], x, dask) is None
