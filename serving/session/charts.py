@@ -123,7 +123,10 @@ class OnlineReader:
         return self._store
 
     def warm_up(self) -> bool:
-        """Open the store and read once (importing Feast takes seconds; pay it at start).
+        """Open the store and read once: importing Feast takes seconds.
+
+        The service does it on a thread of its own while it starts
+        (:func:`serving.session.server.build_services`).
 
         Returns:
             Whether the online store answered.
