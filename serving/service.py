@@ -104,25 +104,21 @@ class FitmlService:
         check_bind(os.environ.get("FITML_SERVE_HOST", "127.0.0.1"), ServiceTokens.from_env())
         install_client_error_log()
         settings = settings_from_env()
-        # The models import LightGBM and their feature lists Feast, the online store Feast's
-        # stores: without scikit-learn and typeguard (serving/lean_imports.py), seconds off
-        # every worker's start.
+        # The models import LightGBM, and Feast for their feature lists: without scikit-learn
+        # and typeguard (serving/lean_imports.py), seconds off every worker's start. The
+        # predictor opens the online store the same way.
         with serving_imports():
             fit, fit_version = load_stored(self.fit_model)
             size, size_version = load_stored(self.size_model)
-            champion = LoadedModels(
-                fit, size, {"fit_model": fit_version, "size_model": size_version}
-            )
-            shadow = os.environ.get("FITML_CHALLENGER_MODE", "split") == "shadow"
-            share = float(
-                os.environ.get("FITML_CHALLENGER_SHARE", settings.serving.challenger_share)
-            )
-            challenger = None
-            if share > 0 or shadow:
-                challenger = _load_challenger()
-            self.predictor = Predictor(settings, challenger_share=share, shadow=shadow).load(
-                champion, challenger
-            )
+        champion = LoadedModels(fit, size, {"fit_model": fit_version, "size_model": size_version})
+        shadow = os.environ.get("FITML_CHALLENGER_MODE", "split") == "shadow"
+        share = float(os.environ.get("FITML_CHALLENGER_SHARE", settings.serving.challenger_share))
+        challenger = None
+        if share > 0 or shadow:
+            challenger = _load_challenger()
+        self.predictor = Predictor(settings, challenger_share=share, shadow=shadow).load(
+            champion, challenger
+        )
         self.predictor.warm_up(_any_product(settings))
         self._metrics = PredictionMetrics()
         start_worker(
