@@ -160,7 +160,7 @@ class Predictor:
         with feast_without_typechecks():
             from features.store import open_store
 
-            self.store_ = open_store(self.settings)
+            self.store_ = open_store(self.settings, online_only=True)
             self.reader_: OnlineReader = OnlineReader(self.store_)
         self.log_ = InferenceLog(
             self.settings.inference_log_dir,

@@ -119,7 +119,7 @@ class OnlineReader:
             with feast_without_typechecks():
                 from features.store import open_store
 
-                self._store = open_store(self.settings)
+                self._store = open_store(self.settings, online_only=True)
         return self._store
 
     def warm_up(self) -> bool:
