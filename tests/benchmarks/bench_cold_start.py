@@ -94,6 +94,39 @@ def time_start(tree: Path, service: str, workdir: Path, log: Path) -> float:
         stop(proc)
 
 
+WORKER_START = """
+import os, sys
+os.environ.update(FITML_WORKDIR=sys.argv[1], FITML_PROFILE="local", FITML_MODEL_SOURCE="store",
+                  BENTOML_HOME=os.path.join(sys.argv[1], "bentoml"))
+import serving.service as s
+inner = s.FitmlService.inner
+service = inner.__new__(inner)
+inner.__init__(service)
+service._close()
+"""
+
+
+def worker_cpu(tree: Path, workdir: Path) -> float:
+    """CPU seconds (user + system) of one worker's start from ``tree``: import and load.
+
+    The service class built in a fresh interpreter as a worker builds it, from the models the
+    store already holds (run a timed start first). CPU time moves far less with the machine's
+    load than wall time does.
+    """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [PY, "-c", WORKER_START, str(workdir)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        check=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def run(
     workdir: Path, trees: Sequence[Path], services: Sequence[str], repeats: int, out_dir: Path
 ) -> dict[str, Any]:
@@ -165,9 +198,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--service", choices=SERVICES, action="append")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--worker-cpu",
+        action="store_true",
+        help="Instead: CPU seconds of a prediction worker's start, per tree (median).",
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     trees = [t.resolve() for t in (args.tree or [REPO])]
+    if args.worker_cpu:
+        cpu: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            for tree in trees:
+                cpu.setdefault(tree_label(tree), []).append(round(worker_cpu(tree, workdir), 2))
+        for label, runs in cpu.items():
+            print(f"{label:<10} worker start CPU s: median {statistics.median(runs):.2f} {runs}")
+        print(f"load average {os.getloadavg()}")
+        return {"worker_cpu_s": cpu}
     out_dir = args.out or Path(os.environ.get("FITML_BENCH_DIR", workdir / "bench"))
     load_before = os.getloadavg()
     result = run(workdir, trees, args.service or SERVICES, args.repeats, out_dir)
