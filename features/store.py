@@ -45,8 +45,15 @@ def feature_source_dir(settings: Settings) -> Path:
     return settings.offline_dir / "features"
 
 
-def open_store(settings: Settings) -> Any:
+def open_store(settings: Settings, *, online_only: bool = False) -> Any:
     """Open the Feast feature store of ``settings`` (config from the profile's YAML).
+
+    Args:
+        settings: the profile and work directory.
+        online_only: for readers of the online store (the services). Feast validates an
+            offline store's configuration when the store opens, importing its module (the
+            DuckDB store and ibis: 0.3-0.5 s of a service's start here); given the offline
+            store's type alone, it does so on first use, which an online reader never makes.
 
     Returns:
         A ``feast.FeatureStore``.
@@ -56,6 +63,8 @@ def open_store(settings: Settings) -> Any:
     raw = yaml.safe_load(settings.feast.config_file.read_text())
     data = expand_env(raw, {**os.environ, "FITML_WORKDIR": str(settings.workdir)})
     data["project"] = settings.feast.project
+    if online_only and isinstance(data.get("offline_store"), dict):
+        data["offline_store"] = data["offline_store"]["type"]
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(repo_path=settings.feast_dir, **data)
     return FeatureStore(config=config)

@@ -6,7 +6,9 @@ once per deployment, before the workers start (``bentoml serve``) or when packag
 (``bentoml build``); resolving looks up which version holds the alias in the MLflow registry
 and, when the store lacks it, imports that version: the model directory with the fitted
 encoder and the booster, exactly as training saved it, tagged
-``fitml-<kind>-<alias>:v<version>``. Inside a built Bento there is no registry
+``fitml-<kind>-<alias>:v<version>``. The lookup itself goes around MLflow's client when it
+can (:func:`stored_alias_tag`): when the store already holds the version the registry names,
+starting the service imports no MLflow at all. Inside a built Bento there is no registry
 (:func:`model_source` is ``store``): the packaged model is used as it is.
 
 The resolved tag is handed to the workers through the environment, so a worker loads the
@@ -134,6 +136,40 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[name] = before
 
 
+def _registered_name(settings: Settings, kind: str) -> str:
+    return settings.mlflow.fit_model_name if kind == "fit" else settings.mlflow.size_model_name
+
+
+def _is_latest(tag: str, name: str) -> bool:
+    """Whether the store holds ``tag`` and it is the newest model of ``name``."""
+    try:
+        return bool(bentoml.models.get(tag).tag == bentoml.models.get(f"{name}:latest").tag)
+    except NotFound:
+        return False
+
+
+def stored_alias_tag(settings: Settings, kind: str, alias: str) -> str | None:
+    """The stored tag of the version holding ``alias``, asked without MLflow's client.
+
+    The registry is asked which version holds the alias (:mod:`serving.registry_alias`:
+    milliseconds, where MLflow's client takes seconds to import); when the store already
+    holds that version as its latest, that is the answer and MLflow is never imported.
+
+    Returns:
+        The BentoML tag, or None when the quick lookup cannot tell or the store lacks the
+        version: then :func:`import_alias` asks (and imports) through MLflow.
+    """
+    from serving.registry_alias import UNKNOWN, alias_version
+
+    uri = settings.mlflow.registry_uri or settings.mlflow.tracking_uri
+    version = alias_version(uri, _registered_name(settings, kind), alias)
+    if version is None or version == UNKNOWN:
+        return None
+    name = bento_name(kind, alias)
+    tag = f"{name}:v{version}"
+    return tag if _is_latest(tag, name) else None
+
+
 def import_alias(settings: Settings, kind: str, alias: str) -> str | None:
     """Make the BentoML store hold the version of the ``kind`` model that holds ``alias``.
 
@@ -217,7 +253,10 @@ class RegistryModel(BentoModel):
             return os.environ[env]
         tag = str(self.tag)
         if model_source() == "registry":
-            synced = import_alias(settings_from_env(), self.kind, self.alias)
+            settings = settings_from_env()
+            synced = stored_alias_tag(settings, self.kind, self.alias) or import_alias(
+                settings, self.kind, self.alias
+            )
             if synced is None:
                 raise NotFound(
                     f"no version of the {self.kind} model holds the alias {self.alias!r} "

@@ -213,7 +213,9 @@ def uvicorn_limits(limits: Limits) -> dict[str, Any]:
     }
 
 
-def request_deadline_protocol(header_timeout_s: float, base: Any = None) -> Any:
+def request_deadline_protocol(
+    header_timeout_s: float, base: Any = None, max_requests_per_connection: int = 0
+) -> Any:
     """Uvicorn's HTTP protocol with a deadline for each request head.
 
     uvicorn has no such timeout: its keep-alive timer is reset by every byte received, so a
@@ -222,9 +224,16 @@ def request_deadline_protocol(header_timeout_s: float, base: Any = None) -> Any:
     opens and whenever the first bytes of a new request arrive, and closes the connection if
     the request's head is not complete within ``header_timeout_s``.
 
+    With ``max_requests_per_connection`` set, the answer to a connection's N-th request says
+    ``Connection: close`` (as nginx's ``keepalive_requests`` does): the client connects again,
+    and the worker process that accepts it is whichever is free to (see
+    :func:`serving.prediction_guard.install_request_deadline`).
+
     Args:
         header_timeout_s: seconds a client has to send a request line and headers.
         base: the protocol class to extend (default: uvicorn's ``auto`` choice).
+        max_requests_per_connection: requests a keep-alive connection serves before it is
+            closed (0: no limit). Only with uvicorn's httptools protocol (its ``auto`` choice).
     """
     if base is None:
         from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -233,6 +242,15 @@ def request_deadline_protocol(header_timeout_s: float, base: Any = None) -> Any:
 
     class RequestDeadline(base):  # type: ignore[misc, valid-type]
         _head_timer: Any = None
+        _requests = 0
+
+        if max_requests_per_connection > 0 and hasattr(base, "on_headers_complete"):
+
+            def on_headers_complete(self) -> None:
+                super().on_headers_complete()
+                self._requests += 1
+                if self._requests >= max_requests_per_connection and self.cycle is not None:
+                    self.cycle.keep_alive = False  # uvicorn adds `connection: close`, then closes
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)

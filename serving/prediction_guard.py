@@ -25,6 +25,7 @@ from serving.service_auth import ServiceTokens
 
 BENTOML_ERROR_LOGGER: Final = "bentoml._internal.server.http_app"
 OPEN_PATHS: Final = ("/livez", "/readyz", "/metrics")
+DEFAULT_MAX_REQUESTS_PER_CONNECTION: Final = 0
 
 
 def limits_from_env(env: Mapping[str, str] | None = None) -> Limits:
@@ -48,6 +49,32 @@ def limits_from_env(env: Mapping[str, str] | None = None) -> Limits:
         body_timeout_s=number("FITML_BODY_TIMEOUT_S", 10.0),
         header_timeout_s=number("FITML_HEADER_TIMEOUT_S", 10.0),
     )
+
+
+MAX_REQUESTS_ENV: Final = "FITML_MAX_REQUESTS_PER_CONNECTION"
+
+
+def max_requests_per_connection(env: Mapping[str, str] | None = None) -> int:
+    """Requests a keep-alive connection serves before it is closed (0: no limit).
+
+    ``FITML_MAX_REQUESTS_PER_CONNECTION``: the workers share one listening socket and a
+    keep-alive connection stays with the worker that accepted it, so a burst of connections
+    can all land on one worker; closing each connection after this many requests makes its
+    client connect again, to whichever worker is free to accept
+    (``tests/benchmarks/bench_worker_balance.py``).
+
+    Raises:
+        ConfigError: a value that is not a whole number >= 0.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(MAX_REQUESTS_ENV) or ""
+    try:
+        value = int(raw) if raw else DEFAULT_MAX_REQUESTS_PER_CONNECTION
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{MAX_REQUESTS_ENV} {raw!r} is not a whole number >= 0; set it like 100")
+    return value
 
 
 class PredictionGuard:
@@ -78,7 +105,10 @@ def install_request_deadline(env: Mapping[str, str] | None = None) -> None:
 
     if getattr(auto.AutoHTTPProtocol, "_fitml_deadline", False):
         return
-    protocol = request_deadline_protocol(limits_from_env(env).header_timeout_s)
+    protocol = request_deadline_protocol(
+        limits_from_env(env).header_timeout_s,
+        max_requests_per_connection=max_requests_per_connection(env),
+    )
     protocol._fitml_deadline = True
     auto.AutoHTTPProtocol = protocol
 

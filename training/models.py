@@ -21,7 +21,6 @@ import pandas as pd
 from features.definitions import CATEGORICAL_FEATURES, FIT_MODEL_FEATURES, SIZE_MODEL_FEATURES
 from features.transforms import implied_index
 from ml_pipeline.schema import OUTCOMES
-from training.tuning import class_sample_weights
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "learning_rate": 0.08,
@@ -267,6 +266,8 @@ class FitModel(_BoosterModel):
 
     def fit(self, frame: pd.DataFrame, outcomes: pd.Series | None = None) -> Self:
         """Learn from training rows (``outcome`` column unless ``outcomes`` is given)."""
+        from training.tuning import class_sample_weights  # Optuna: training only, not serving
+
         y = self.labels(frame["outcome"] if outcomes is None else outcomes)
         weight = class_sample_weights(y, self.sample_weight_power, len(OUTCOMES))
         return self._fit_matrix(frame, y, weight)

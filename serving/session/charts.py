@@ -113,19 +113,30 @@ class OnlineReader:
     def store(self) -> Any:
         """The Feast feature store (opened on first use)."""
         if self._store is None:
-            from features.store import open_store
+            from serving.lean_imports import feast_without_typechecks
 
-            self._store = open_store(self.settings)
+            # Feast as `python -O` imports it (seconds off the service's start).
+            with feast_without_typechecks():
+                from features.store import open_store
+
+                self._store = open_store(self.settings, online_only=True)
         return self._store
 
     def warm_up(self) -> bool:
-        """Open the store and read once (importing Feast takes seconds; pay it at start).
+        """Open the store and read once: importing Feast takes seconds.
+
+        The service does it on a thread of its own while it starts
+        (:func:`serving.session.server.build_services`).
 
         Returns:
             Whether the online store answered.
         """
+        from serving.lean_imports import feast_without_typechecks
+
         try:
-            self.read("user_profile", PROFILE_FEATURES, "user_id", "__warm_up__")
+            # The first read loads the registry and the profile's store modules.
+            with feast_without_typechecks():
+                self.read("user_profile", PROFILE_FEATURES, "user_id", "__warm_up__")
         except Exception as exc:  # down at start: reads fall back to the offline tables
             log.warning("online store not answering at start", extra={"error": type(exc).__name__})
             return False

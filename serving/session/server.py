@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import FastAPI
 
 from serving.limits import Limits, request_deadline_protocol, uvicorn_limits
@@ -31,7 +33,10 @@ def build_services(config: SessionConfig, push: PushFn | None = None) -> Service
     """
     settings = config.settings
     online = OnlineReader(settings)
-    online.warm_up()
+    # The online store answers only the size-chart fallback (the prediction service down, a
+    # product newer than the offline charts): open it (import Feast, read once) beside the
+    # start instead of before it. A read that comes first waits for it on the reader's lock.
+    threading.Thread(target=online.warm_up, name="online-store-warm-up", daemon=True).start()
     charts = ChartBook(settings, online).load()
     # The tables are created on the first connection: the store may be down at start.
     store = open_event_store(config.event_store, config.state_dir, config.table_prefix)

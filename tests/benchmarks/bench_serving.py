@@ -63,6 +63,8 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    reconnects: int = 0
+    """Connections the server closed (``Connection: close``) that the client opened again."""
 
 
 def _request_bytes(port: int, path: str, body: bytes) -> bytes:
@@ -88,11 +90,15 @@ async def _client(
             payload = requests[i % len(requests)]
             i += 1
             started = time.perf_counter()
+            if writer.is_closing():  # the server closed the last one: connect again (as wrk)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                counts["reconnects"] += 1
             writer.write(payload)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             length = 0
             chunked = False
+            close = False
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 lname = name.strip().lower()
@@ -100,6 +106,8 @@ async def _client(
                     length = int(value)
                 elif lname == b"transfer-encoding" and b"chunked" in value.lower():
                     chunked = True
+                elif lname == b"connection" and b"close" in value.lower():
+                    close = True
             if chunked:
                 while True:
                     size = int((await reader.readuntil(b"\r\n")).strip(), 16)
@@ -109,6 +117,8 @@ async def _client(
             elif length:
                 await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
+            if close:
+                writer.close()
             if not 200 <= status < 300:
                 counts["non_2xx"] += 1
     except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -121,7 +131,7 @@ async def _load(
     port: int, requests: Sequence[bytes], concurrency: int, seconds: float
 ) -> tuple[list[float], dict[str, int], float]:
     latencies: list[float] = []
-    counts = {"non_2xx": 0, "errors": 0}
+    counts = {"non_2xx": 0, "errors": 0, "reconnects": 0}
     started = time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(
@@ -169,6 +179,7 @@ def run_load(
         p90_ms=q(0.90),
         p99_ms=q(0.99),
         max_ms=round(ms[-1], 3),
+        reconnects=counts["reconnects"],
     )
 
 
@@ -209,11 +220,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start a server in its own process group, output to ``log``."""
+def start(
+    argv: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group (in ``cwd``), output to ``log``."""
     handle = log.open("wb")
     return subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 

@@ -179,3 +179,53 @@ def test_keep_alive_requests_still_work_and_a_slow_second_head_is_dropped(server
                 reply += chunk
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"2"), reply
         assert closed_within(s, 5, b"POST /x HTTP/1.1\r\nHost: a\r\n" + b"X: y" * 50) < 2.5
+
+
+def test_a_connection_is_closed_after_its_max_requests() -> None:
+    """``max_requests_per_connection``: the N-th answer says close, then the server closes."""
+    import uvicorn
+
+    from serving.session.testing import free_port
+
+    port = free_port()
+    config = uvicorn.Config(
+        echo,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        http=request_deadline_protocol(LIMITS.header_timeout_s, max_requests_per_connection=3),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    heads = []
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            for _ in range(3):
+                s.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab")
+                reply = b""
+                while not reply.endswith(b"\r\n\r\n2"):
+                    chunk = s.recv(4096)
+                    assert chunk, reply
+                    reply += chunk
+                heads.append(reply.split(b"\r\n\r\n")[0].lower())
+            assert closed_within(s, 2) < 1.0
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+    assert [b"connection: close" in h for h in heads] == [False, False, True]
+    assert all(h.startswith(b"http/1.1 200") for h in heads)
+
+
+def test_max_requests_per_connection_from_the_environment() -> None:
+    from ml_pipeline.errors import ConfigError
+    from serving.prediction_guard import max_requests_per_connection
+
+    assert max_requests_per_connection({}) == 0
+    assert max_requests_per_connection({"FITML_MAX_REQUESTS_PER_CONNECTION": "100"}) == 100
+    for bad in ("x", "-1", "2.5"):
+        with pytest.raises(ConfigError, match="FITML_MAX_REQUESTS_PER_CONNECTION"):
+            max_requests_per_connection({"FITML_MAX_REQUESTS_PER_CONNECTION": bad})
