@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(run), flush=True)
     finally:
         _drop_database(dsn, db_name)
-    medians = {
-        w: statistics.median(r["wall_s"] for r in runs if r["workers"] == w) for w in (1, 2)
-    }
+    medians = {w: statistics.median(r["wall_s"] for r in runs if r["workers"] == w) for w in (1, 2)}
     report["median_wall_s"] = medians
     report["ratio_2_over_1"] = round(medians[2] / medians[1], 3)
     report["load_avg_end"] = os.getloadavg()
