@@ -138,22 +138,41 @@ class FeatureTables:
         return paths
 
 
+PROFILE_NUMBERS: Final[tuple[str, ...]] = (
+    "height_cm",
+    "weight_kg",
+    "chest_cm",
+    "waist_cm",
+    "hips_cm",
+    "inseam_cm",
+    "underbust_cm",
+    "cup_cm",
+    "age",
+)
+"""Numeric profile columns (``user_<name>`` features); the last three are optional extras a
+retailer's profile may carry (missing for synthetic data)."""
+PROFILE_TEXTS: Final[tuple[str, ...]] = ("sex", "fit_preference", "body_type")
+"""Categorical profile columns (``user_<name>``; ``unknown`` when missing)."""
+
+
 def user_profile_table(users: pd.DataFrame) -> pd.DataFrame:
-    """Profile features: measurements, sex and stated preference, one row per profile update."""
+    """Profile features, one row per profile update.
+
+    Measurements, sex, stated preference and the optional extras (age, body type, the bra
+    size's underbust and cup girths).
+    """
     out = pd.DataFrame(
         {
             "user_id": users["user_id"].astype(str),
             "event_timestamp": utc_ns(users["event_timestamp"]),
-            "user_sex": users.get("sex", pd.Series(index=users.index, dtype=object)).astype(object),
-            "user_fit_preference": users["fit_preference"].astype(object),
         }
     )
-    for column in ("height_cm", "weight_kg", "chest_cm", "waist_cm", "hips_cm", "inseam_cm"):
-        out[f"user_{column}"] = pd.to_numeric(users.get(column), errors="coerce").astype(float)
-    out["user_sex"] = out["user_sex"].where(out["user_sex"].notna(), "unknown").astype(str)
-    out["user_fit_preference"] = (
-        out["user_fit_preference"].where(out["user_fit_preference"].notna(), "unknown").astype(str)
-    )
+    for column in PROFILE_TEXTS:
+        values = users.get(column, pd.Series(index=users.index, dtype=object)).astype(object)
+        out[f"user_{column}"] = values.where(values.notna(), "unknown").astype(str)
+    for column in PROFILE_NUMBERS:
+        values = users.get(column, pd.Series(index=users.index, dtype=float))
+        out[f"user_{column}"] = pd.to_numeric(values, errors="coerce").astype(float)
     return out
 
 
