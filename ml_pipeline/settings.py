@@ -83,7 +83,8 @@ class FeastSettings(_Strict):
     ``oof``: out of fold, for data without a time order (the paper's random split): the
     labelled events are cut into ``folds`` folds and each of their rows sees the feedback of
     the other folds, earlier and later; a row not in the event log (a held-out test row) and
-    serving see all of it (:mod:`features.aggregates`)."""
+    serving see all of it (:mod:`features.aggregates`). Not for a time-based evaluation: a
+    row would see feedback from after it."""
     folds: int = Field(default=5, ge=2, le=50)
     """Folds of the ``oof`` history."""
 
