@@ -430,8 +430,8 @@ def _history_version(
         (user_history_table(offsets), "user_id", users),
         (product_stats_table(offsets), "product_id", products),
     ):
-        missing = np.setdiff1d(ids, table[key].to_numpy(dtype=str))
-        filler = pd.DataFrame({key: missing.astype(object)}).reindex(columns=table.columns)
+        missing = pd.Index(ids).difference(pd.Index(table[key]))
+        filler = pd.DataFrame({key: missing.to_numpy(dtype=object)}).reindex(columns=table.columns)
         filler["event_timestamp"] = instant
         filler[CREATED_TIMESTAMP] = instant
         filler = filler.astype(table.dtypes.to_dict())
