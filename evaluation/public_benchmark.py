@@ -16,13 +16,18 @@ MLflow). Nothing here computes a feature.
 Protocols:
 
 * ``random`` (the paper's): a seeded random 80/10/10 split by transaction. The test rows are
-  taken out of the event log before the feature job runs, so their labels enter no feature;
-  every other row sees the history of the labelled rows strictly before it (its own label
-  never enters its features). Train / validation rows are the 80% / 10%.
+  taken out of the event log before the feature job runs, so their labels enter no feature.
+  A random split has no time order to respect, so the feature job runs its out-of-fold
+  history (``feast.history: oof``, :mod:`features.aggregates`): each train / validation row
+  (the 80% / 10%) sees the feedback of the labelled rows outside its own fold, earlier and
+  later (its own label never enters its features); each test row sees all of it.
 * ``time``: the last 15% of events by time are the test window, the 15% before validation
   (:func:`evaluation.evaluate.time_split`), every row seeing the history before it.
 * ``--test FILE``: train on the training file (a seeded random 10% of it for validation),
   score the test file's rows, whose labels are kept out of the event log.
+
+``history`` overrides the feature job's history mode (``point_in_time`` or ``oof``); by
+default ``oof`` for ``random`` and ``point_in_time`` otherwise.
 
 No review text or rating is used.
 """
@@ -38,6 +43,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import pandas as pd
 
+from features.aggregates import HISTORY_MODES
 from ml_pipeline.errors import InvalidValueError
 from ml_pipeline.schema import OUTCOMES
 
@@ -104,6 +110,8 @@ def run_renttherunway(
     json_out: str | Path | None = None,
     workdir: str | Path = "var",
     profile: str = "local",
+    history: str | None = None,
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """Run the product's stages on RentTheRunway and score the fit model.
 
@@ -118,15 +126,19 @@ def run_renttherunway(
         json_out: Where to write the result as JSON (parent folders are created).
         workdir: The benchmark works in ``<workdir>/benchmark-renttherunway`` (replaced).
         profile: The settings profile (``local`` or ``prod``).
+        history: The feature job's history mode, ``point_in_time`` or ``oof`` (None: ``oof``
+            for the ``random`` protocol, else ``point_in_time``).
+        folds: Folds of the ``oof`` history (None: the settings' default).
 
     Returns:
         ``mean_auc``, ``auc_small``, ``auc_fit``, ``auc_large``, ``log_loss``, ``brier``,
         ``ece`` of the fit model on the scored rows, the logistic-regression baseline's
         ``logreg_mean_auc``, ``n_train``, ``n_valid``, ``n_test``, ``protocol``, ``split``,
-        ``seed``, ``n_features``, ``timings_s``, ``published_mean_auc``.
+        ``seed``, ``history``, ``folds``, ``n_features``, ``timings_s``,
+        ``published_mean_auc``.
 
     Raises:
-        InvalidValueError: an unknown protocol, or an empty part.
+        InvalidValueError: an unknown protocol or history mode, or an empty part.
     """
     from evaluation.evaluate import time_split
     from features.definitions import FIT_MODEL_FEATURES
@@ -137,11 +149,20 @@ def run_renttherunway(
 
     if protocol not in PROTOCOLS:
         raise InvalidValueError("protocol", protocol, "is not known", "use random or time")
+    if history is None:
+        history = "oof" if protocol == "random" and test_path is None else "point_in_time"
+    if history not in HISTORY_MODES:
+        raise InvalidValueError(
+            "history", history, "is not known", f"use {' or '.join(HISTORY_MODES)}"
+        )
     timings: dict[str, float] = {}
     work = Path(workdir) / WORK_SUBDIR
     shutil.rmtree(work, ignore_errors=True)
     settings = load_settings(profile, work)
-    settings = settings.model_copy(update={"seed": seed})
+    feast = settings.feast.model_copy(
+        update={"history": history, **({} if folds is None else {"folds": folds})}
+    )
+    settings = settings.model_copy(update={"seed": seed, "feast": feast})
 
     start = time.perf_counter()
     ingest_renttherunway(train_path, work)
@@ -192,6 +213,8 @@ def run_renttherunway(
         "protocol": "test file" if test_path is not None else protocol,
         "split": split,
         "seed": seed,
+        "history": history,
+        "folds": settings.feast.folds if history == "oof" else None,
         "mean_auc": m["fit_mean_auc"],
         **{f"auc_{k}": m[f"fit_auc_{o}"] for k, o in zip(CLASS_KEYS, OUTCOMES, strict=True)},
         "log_loss": m.get("fit_log_loss"),

@@ -1,16 +1,30 @@
 """The feature-table job: turns ingested tables into the sources of the Feast feature views.
 
-History aggregates are cumulative and point-in-time correct: the row that includes an event
-is stamped one microsecond *after* the event, so a training row for an event (joined as of
-its own timestamp) sees only events strictly before it, and events at the same instant do not
-see each other. The latest row of each entity is what serving reads online.
+The job has two history modes (``feast.history`` in the settings):
+
+* ``point_in_time`` (the default): history aggregates are cumulative and point-in-time
+  correct: the row that includes an event is stamped one microsecond *after* the event, so a
+  training row for an event (joined as of its own timestamp) sees only events strictly before
+  it, and events at the same instant do not see each other. The latest row of each entity is
+  what serving reads online.
+* ``oof`` (out of fold), for data without a time order to respect (the paper's random split
+  of RentTheRunway): the labelled events are dealt into K seeded folds; version ``k`` of the
+  user history and product stats is computed from every event *outside* fold ``k`` (earlier
+  and later alike) and version ``K`` from all of them. Each version is one row per entity,
+  stamped at its own instant just after every input timestamp (``start + k`` microseconds);
+  an entity absent from a version's events gets an all-missing row there, so no join falls
+  back to another version. :class:`HistoryFolds` records each event's fold: the training set
+  joins an event of fold ``k`` as of version ``k`` (its own fold's labels, its own included,
+  are in none of its features) and any other row (a held-out test row, whose label is in no
+  table at all) as of version ``K``, which is also the latest row, the one serving reads.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,6 +39,11 @@ from the mean weight at slope 0)."""
 LATENT_PRIOR: Final = 1.0
 """Pseudo-events at offset 0 in the latent-size offsets (``hist_item_offset``,
 ``pstat_user_offset``): one piece of feedback moves them half-way, many nearly all the way."""
+HistoryMode = Literal["point_in_time", "oof"]
+HISTORY_MODES: Final[tuple[str, ...]] = ("point_in_time", "oof")
+FOLDS_FILE: Final = "history_folds"
+"""``<source dir>/history_folds.parquet`` (event -> fold) and ``.json`` (folds, first
+instant): written by the ``oof`` job, absent after a ``point_in_time`` one."""
 FEATURE_TABLES: Final[tuple[str, ...]] = (
     "user_profile",
     "user_history",
@@ -39,41 +58,121 @@ def utc_ns(values: pd.Series) -> pd.Series:
 
 
 @dataclass(frozen=True)
+class HistoryFolds:
+    """The ``oof`` job's folds: which version of the history views each event reads.
+
+    Attributes:
+        folds: K; versions ``0..K-1`` leave one fold out, version ``K`` holds every event.
+        start: The instant of version 0 (version ``k`` is stamped ``start + k`` microseconds).
+        event_fold: ``event_id`` -> ``fold`` of every labelled event the job read.
+    """
+
+    folds: int
+    start: pd.Timestamp
+    event_fold: pd.DataFrame
+
+    def instant(self, version: int) -> pd.Timestamp:
+        """When version ``version`` of the history rows is stamped."""
+        return self.start + version * STAMP_DELAY
+
+    def as_of(self, event_ids: pd.Series) -> pd.Series:
+        """The instant each event reads the history views at (on ``event_ids``' index).
+
+        A labelled event of fold ``k``: version ``k`` (built without fold ``k``). Any other
+        event (not in the job's event log, e.g. a held-out test row): version ``K``.
+        """
+        fold = event_ids.astype(str).map(
+            self.event_fold.set_index("event_id")["fold"].astype("int64")
+        )
+        steps = fold.fillna(self.folds).astype("int64").to_numpy()
+        return pd.Series(
+            self.start + pd.to_timedelta(steps * STAMP_DELAY.value, unit="ns"),
+            index=event_ids.index,
+        ).astype("datetime64[ns, UTC]")
+
+    def write(self, directory: Path) -> None:
+        """Write ``history_folds.parquet`` and ``history_folds.json`` into ``directory``."""
+        self.event_fold.to_parquet(directory / f"{FOLDS_FILE}.parquet", index=False)
+        meta = {"history": "oof", "folds": self.folds, "start": self.start.isoformat()}
+        (directory / f"{FOLDS_FILE}.json").write_text(json.dumps(meta) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> HistoryFolds | None:
+        """The folds the last job wrote into ``directory``; None after a point-in-time job."""
+        meta_path = directory / f"{FOLDS_FILE}.json"
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        return cls(
+            folds=int(meta["folds"]),
+            start=pd.Timestamp(meta["start"]).tz_convert("UTC"),
+            event_fold=pd.read_parquet(directory / f"{FOLDS_FILE}.parquet"),
+        )
+
+
+@dataclass(frozen=True)
 class FeatureTables:
-    """The four feature-view sources, as frames."""
+    """The four feature-view sources, as frames (and the ``oof`` job's folds)."""
 
     user_profile: pd.DataFrame
     user_history: pd.DataFrame
     product_attrs: pd.DataFrame
     product_stats: pd.DataFrame
+    history_folds: HistoryFolds | None = None
 
     def write(self, directory: Path) -> dict[str, Path]:
-        """Write each table to ``directory/<name>.parquet`` and return the paths."""
+        """Write each table to ``directory/<name>.parquet`` and return the paths.
+
+        The ``oof`` job's folds go beside them; a point-in-time job removes earlier ones.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         paths = {}
         for name in FEATURE_TABLES:
             path = directory / f"{name}.parquet"
             getattr(self, name).to_parquet(path, index=False)
             paths[name] = path
+        for suffix in (".parquet", ".json"):
+            (directory / f"{FOLDS_FILE}{suffix}").unlink(missing_ok=True)
+        if self.history_folds is not None:
+            self.history_folds.write(directory)
         return paths
 
 
+PROFILE_NUMBERS: Final[tuple[str, ...]] = (
+    "height_cm",
+    "weight_kg",
+    "chest_cm",
+    "waist_cm",
+    "hips_cm",
+    "inseam_cm",
+    "underbust_cm",
+    "cup_cm",
+    "age",
+)
+"""Numeric profile columns (``user_<name>`` features); the last three are optional extras a
+retailer's profile may carry (missing for synthetic data)."""
+PROFILE_TEXTS: Final[tuple[str, ...]] = ("sex", "fit_preference", "body_type")
+"""Categorical profile columns (``user_<name>``; ``unknown`` when missing)."""
+
+
 def user_profile_table(users: pd.DataFrame) -> pd.DataFrame:
-    """Profile features: measurements, sex and stated preference, one row per profile update."""
+    """Profile features, one row per profile update.
+
+    Measurements, sex, stated preference and the optional extras (age, body type, the bra
+    size's underbust and cup girths).
+    """
     out = pd.DataFrame(
         {
             "user_id": users["user_id"].astype(str),
             "event_timestamp": utc_ns(users["event_timestamp"]),
-            "user_sex": users.get("sex", pd.Series(index=users.index, dtype=object)).astype(object),
-            "user_fit_preference": users["fit_preference"].astype(object),
         }
     )
-    for column in ("height_cm", "weight_kg", "chest_cm", "waist_cm", "hips_cm", "inseam_cm"):
-        out[f"user_{column}"] = pd.to_numeric(users.get(column), errors="coerce").astype(float)
-    out["user_sex"] = out["user_sex"].where(out["user_sex"].notna(), "unknown").astype(str)
-    out["user_fit_preference"] = (
-        out["user_fit_preference"].where(out["user_fit_preference"].notna(), "unknown").astype(str)
-    )
+    for column in PROFILE_TEXTS:
+        values = users.get(column, pd.Series(index=users.index, dtype=object)).astype(object)
+        out[f"user_{column}"] = values.where(values.notna(), "unknown").astype(str)
+    for column in PROFILE_NUMBERS:
+        values = users.get(column, pd.Series(index=users.index, dtype=float))
+        out[f"user_{column}"] = pd.to_numeric(values, errors="coerce").astype(float)
     return out
 
 
@@ -109,11 +208,16 @@ def product_attrs_table(products: pd.DataFrame, size_charts: pd.DataFrame) -> pd
 
 
 def event_offsets(
-    events: pd.DataFrame, user_profile: pd.DataFrame, product_attrs: pd.DataFrame
+    events: pd.DataFrame,
+    user_profile: pd.DataFrame,
+    product_attrs: pd.DataFrame,
+    context: Literal["before", "others"] = "before",
 ) -> pd.DataFrame:
     """Each event with the size index its outcome implies and that index against the chart pick.
 
-    The shopper's girth is taken from the latest profile at or before the event.
+    The shopper's girth is taken from the latest profile at or before the event. ``context``:
+    the latent-size offsets (``item_off``, ``user_off``) are taken against the events strictly
+    before (``before``) or against every other event given (``others``, the ``oof`` job).
     """
     ev = events[["event_id", "user_id", "product_id", "size_index", "outcome", "event_timestamp"]]
     ev = ev.assign(event_timestamp=utc_ns(ev["event_timestamp"]))
@@ -151,12 +255,24 @@ def event_offsets(
     # Latent sizes, decomposed: where the outcome says the right size was, against the
     # product's typical size (the mean size tried on it *before* this event: no label) and
     # against the shopper's usual size in that size system (the mean right size of their
-    # *earlier* feedback). Both contexts use strictly earlier events only.
-    out["item_off"] = out["implied_index"] - _mean_before(out, ["product_id"], "size_index")
-    out["user_off"] = out["implied_index"] - _mean_before(
-        out, ["user_id", "size_system"], "implied_index"
-    )
+    # *earlier* feedback). Both contexts use strictly earlier events only (point in time), or
+    # the other events given, never the event itself (out of fold).
+    mean = _mean_before if context == "before" else _mean_others
+    out["item_off"] = out["implied_index"] - mean(out, ["product_id"], "size_index")
+    out["user_off"] = out["implied_index"] - mean(out, ["user_id", "size_system"], "implied_index")
     return out
+
+
+def _mean_others(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarray:
+    """Per row, the mean of ``column`` over the other rows of its group (NaN when none)."""
+    values = frame[column].astype(float)
+    own_s = values.fillna(0.0)
+    own_n = values.notna().astype(float)
+    grouped = frame[keys].assign(s=own_s, n=own_n).groupby(keys, sort=False, dropna=False)
+    s = grouped["s"].transform("sum") - own_s
+    n = grouped["n"].transform("sum") - own_n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (s / n.replace(0.0, np.nan)).to_numpy(dtype=float)
 
 
 def _mean_before(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarray:
@@ -282,15 +398,119 @@ def _body_line(cum: pd.DataFrame) -> dict[str, pd.Series]:
     }
 
 
+def event_folds(event_ids: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """Deal events into ``folds`` folds: a seeded permutation of them in ``event_id`` order.
+
+    The same events and seed give the same folds whatever order the events come in.
+    """
+    ids = event_ids.astype(str).to_numpy()
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+    dealt = np.random.default_rng(seed).permutation(len(ids)) % folds
+    return dealt[rank].astype(np.int64)
+
+
+def _history_version(
+    events: pd.DataFrame,
+    profile: pd.DataFrame,
+    attrs: pd.DataFrame,
+    instant: pd.Timestamp,
+    users: np.ndarray,
+    products: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One ``oof`` version: user history and product stats of ``events``, stamped ``instant``.
+
+    Every event counts as one instant (no time order); ``users`` / ``products`` without an
+    event here get an all-missing row, so a join as of ``instant`` reads nothing older.
+    """
+    offsets = event_offsets(events, profile, attrs, context="others")
+    offsets = offsets.assign(event_timestamp=instant - STAMP_DELAY)
+    out = []
+    for table, key, ids in (
+        (user_history_table(offsets), "user_id", users),
+        (product_stats_table(offsets), "product_id", products),
+    ):
+        missing = pd.Index(ids).difference(pd.Index(table[key]))
+        filler = pd.DataFrame({key: missing.to_numpy(dtype=object)}).reindex(columns=table.columns)
+        filler["event_timestamp"] = instant
+        filler[CREATED_TIMESTAMP] = instant
+        filler = filler.astype(table.dtypes.to_dict())
+        out.append(pd.concat([table, filler], ignore_index=True) if len(filler) else table)
+    return out[0], out[1]
+
+
+def oof_history(
+    events: pd.DataFrame,
+    profile: pd.DataFrame,
+    attrs: pd.DataFrame,
+    folds: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, HistoryFolds]:
+    """The ``oof`` job's user history and product stats (``folds + 1`` versions) and folds.
+
+    Version ``k < folds`` is computed from the events outside fold ``k``, version ``folds``
+    from all of them; see the module docstring.
+    """
+    fold = event_folds(events["event_id"], folds, seed)
+    latest = max(
+        utc_ns(frame["event_timestamp"]).max() for frame in (events, profile, attrs) if len(frame)
+    )
+    record = HistoryFolds(
+        folds=folds,
+        start=latest + STAMP_DELAY,
+        event_fold=pd.DataFrame({"event_id": events["event_id"].astype(str), "fold": fold}),
+    )
+    users = events["user_id"].astype(str).unique()
+    products = events["product_id"].astype(str).unique()
+    histories, stats = [], []
+    for version in range(folds + 1):
+        part = events.loc[fold != version] if version < folds else events
+        history, product = _history_version(
+            part, profile, attrs, record.instant(version), users, products
+        )
+        histories.append(history)
+        stats.append(product)
+    return (
+        pd.concat(histories, ignore_index=True),
+        pd.concat(stats, ignore_index=True),
+        record,
+    )
+
+
 def build_feature_tables(
     users: pd.DataFrame,
     products: pd.DataFrame,
     size_charts: pd.DataFrame,
     events: pd.DataFrame,
+    *,
+    history: HistoryMode = "point_in_time",
+    folds: int = 5,
+    seed: int = 0,
 ) -> FeatureTables:
-    """Compute every feature-view source from the ingested tables."""
+    """Compute every feature-view source from the ingested tables.
+
+    Args:
+        users: The ingested shoppers (profile updates).
+        products: The ingested products.
+        size_charts: The ingested size charts.
+        events: The event log (labelled try-on events).
+        history: ``point_in_time`` or ``oof`` (see the module docstring).
+        folds: K of the ``oof`` history.
+        seed: Seeds the ``oof`` folds.
+    """
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history {history!r} is not one of {', '.join(HISTORY_MODES)}")
     profile = user_profile_table(users)
     attrs = product_attrs_table(products, size_charts)
+    if history == "oof" and len(events):
+        user_history, product_stats, record = oof_history(events, profile, attrs, folds, seed)
+        return FeatureTables(
+            user_profile=profile,
+            user_history=user_history,
+            product_attrs=attrs,
+            product_stats=product_stats,
+            history_folds=record,
+        )
     offsets = event_offsets(events, profile, attrs)
     return FeatureTables(
         user_profile=profile,

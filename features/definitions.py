@@ -36,6 +36,10 @@ USER_PROFILE_FIELDS: Final = (
     ("user_waist_cm", Float64),
     ("user_hips_cm", Float64),
     ("user_inseam_cm", Float64),
+    ("user_underbust_cm", Float64),
+    ("user_cup_cm", Float64),
+    ("user_age", Float64),
+    ("user_body_type", String),
 )
 USER_HISTORY_FIELDS: Final = (
     ("hist_n", Float64),

@@ -18,12 +18,19 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.aggregates import FEATURE_TABLES, FeatureTables, build_feature_tables, utc_ns
+from features.aggregates import (
+    FEATURE_TABLES,
+    FeatureTables,
+    HistoryFolds,
+    build_feature_tables,
+    utc_ns,
+)
 from features.definitions import (
     CREATED_TIMESTAMP,
     FEATURE_SERVICE,
     PUSHED_VIEWS,
     VIEW_ENTITY,
+    VIEW_FIELDS,
     build_definitions,
     source_table,
 )
@@ -132,7 +139,8 @@ def apply(settings: Settings) -> ApplyResult:
 
     The tables are written to parquet under the work directory (what the session service
     reads its size charts from) and, when the profile's offline store is PostgreSQL, loaded
-    into it: each table is replaced whole, in one transaction.
+    into it: each table is replaced whole, in one transaction. ``settings.feast.history``
+    chooses the aggregate job's history mode (:mod:`features.aggregates`).
     """
     started = time.perf_counter()
     tables = build_feature_tables(
@@ -140,6 +148,9 @@ def apply(settings: Settings) -> ApplyResult:
         read_offline(settings, "products"),
         read_offline(settings, "size_charts"),
         read_events(settings),
+        history=settings.feast.history,
+        folds=settings.feast.folds,
+        seed=settings.seed,
     )
     source_dir = feature_source_dir(settings)
     tables.write(source_dir)
@@ -243,6 +254,11 @@ def materialize(settings: Settings, end: datetime | None = None) -> float:
 def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.DataFrame:
     """Build one training row per event: label, Feast features as of the event, request features.
 
+    After an ``oof`` feature job the feedback views (``user_history``, ``product_stats``) are
+    read as of each event's fold version instead (:meth:`HistoryFolds.as_of`): a labelled
+    event sees the other folds' feedback, any other event all of it; profile and catalogue
+    views are read as of the event either way.
+
     Args:
         settings: the run's settings.
         events: the events to build rows for (default: every ingested event).
@@ -266,6 +282,23 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
         )
     store = open_store(settings)
     service = store.get_feature_service(FEATURE_SERVICE)
+    joined = _join(store, service, entity_df)
+    folds = HistoryFolds.read(feature_source_dir(settings))
+    if folds is not None:
+        as_of = entity_df.assign(event_timestamp=folds.as_of(entity_df["event_id"]))
+        history = _join(store, service, as_of)
+        for view in PUSHED_VIEWS:
+            for name, _ in VIEW_FIELDS[view]:
+                joined[name] = history[name].to_numpy()
+    return request_features(joined)
+
+
+def _join(store: Any, service: Any, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """The feature service joined to ``entity_df``, one row per entity row, in its order.
+
+    Raises:
+        TrainingSetError: when the join lost or duplicated rows.
+    """
     joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     if len(joined) != len(entity_df) or not joined["event_id"].is_unique:
         raise TrainingSetError(
@@ -275,7 +308,7 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
     if not joined["event_id"].equals(entity_df["event_id"]):
         # The ASOF store keeps entity_df's order; another offline store may not.
         joined = joined.set_index("event_id").loc[entity_df["event_id"]].reset_index()
-    return request_features(joined)
+    return joined
 
 
 TRAINING_SET_CHUNK_ROWS = 1_000_000

@@ -33,6 +33,7 @@ UNKNOWN: Final = "unknown"
 STRING_FEATURES: Final[tuple[str, ...]] = (
     "user_sex",
     "user_fit_preference",
+    "user_body_type",
     "product_brand",
     "product_category",
     "product_fit_type",

@@ -18,14 +18,17 @@ Conventions:
   (see ``ml_pipeline.sizes``); ``size`` is the label (``"12"``), ``size_index`` its ordinal.
 * Events carry the shopper's measurements *as given with that review* (``height_cm``,
   ``weight_kg``, ``chest_cm`` from the bra size, ...) plus the raw public fields useful as
-  features (``bust_size``, ``band_in``, ``cup``, ``body_type``, ``age``, ``category``,
-  ``rented_for``...), because a shopper's weight or bra size can change between reviews.
+  features (``bust_size``, ``band_in``, ``cup``, ``underbust_cm``, ``cup_cm``, ``body_type``,
+  ``age``, ``category``, ``rented_for``...), because a shopper's weight or bra size can
+  change between reviews.
 * A field that is present but cannot be standardised (``50lbs``, age 116) becomes missing on
   the event and is described in its ``problems`` column (``None`` when there is none); the
   contract quarantines such events with that reason.
 * Users: one row per shopper; each measurement is the first valid value in time order and
-  ``event_timestamp`` is the shopper's first review. Products: one row per item; ``category``
-  is the item's most frequent category, brand, fit type, stretch and size chart are unknown.
+  ``event_timestamp`` is the shopper's first review. Optional profile extras, the same way:
+  ``body_type``, ``age`` (RentTheRunway) and the bra size's ``underbust_cm`` and ``cup_cm``.
+  Products: one row per item; ``category`` is the item's most frequent category, brand, fit
+  type, stretch and size chart are unknown.
 * Lines that cannot be read at all (bad JSON, no user/item/fit/size/date, unknown fit or size)
   go to :attr:`RawTables.rejected` with a reason.
 """
@@ -60,6 +63,10 @@ _OUTCOME: Final[dict[str, str]] = {
     "too_small": "too_small",
     "too_large": "too_large",
 }
+BRA_GIRTHS: Final[tuple[str, ...]] = ("underbust_cm", "cup_cm")
+"""Optional profile girths from a bra size (see :func:`_bra_parts`)."""
+RTR_PROFILE_EXTRAS: Final[tuple[str, ...]] = ("body_type", "age", *BRA_GIRTHS)
+"""Optional profile columns beyond the contract's, first valid value per RTR shopper."""
 REJECTED_COLUMNS: Final[tuple[str, ...]] = ("event_id", "source_line", "reason", "detail", "raw")
 
 
@@ -332,6 +339,10 @@ def _bra_parts(events: pd.DataFrame, bras: pd.Series) -> None:
         b.cup_step_in if isinstance(b, units.BraSize) else np.nan for b in bras
     ]
     events["chest_cm"] = [b.bust_cm if isinstance(b, units.BraSize) else np.nan for b in bras]
+    # The bra size in metric girths a retailer's profile could carry too: the underbust (the
+    # band) and the cup (bust minus underbust); the chest girth above is their sum.
+    events["underbust_cm"] = events["band_in"].astype("float64") * units.CM_PER_INCH
+    events["cup_cm"] = events["cup_step_in"].astype("float64") * units.CM_PER_INCH
 
 
 def _first_valid(events: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:
@@ -459,7 +470,7 @@ def read_renttherunway(path: str | Path) -> RawTables:
     for col in ("height_cm", "weight_kg", "age"):
         events[col] = events[col].astype("float64")
     return RawTables(
-        users=_users(events, ["body_type", "age"]),
+        users=_users(events, list(RTR_PROFILE_EXTRAS)),
         products=_products(events, RTR_SYSTEM),
         size_charts=empty_size_charts(),
         events=events,
@@ -544,7 +555,7 @@ def read_modcloth(path: str | Path) -> RawTables:
         events[col] = events[col].astype("float64")
     events["timestamp_imputed"] = True
     return RawTables(
-        users=_users(events, []),
+        users=_users(events, list(BRA_GIRTHS)),
         products=_products(events, MODCLOTH_SYSTEM),
         size_charts=empty_size_charts(),
         events=events,

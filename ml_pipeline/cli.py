@@ -696,6 +696,14 @@ def benchmark_rtr(
     protocol: Annotated[
         str, typer.Option(help="random (seeded 80/10/10) or time (last 15% by time).")
     ] = "random",
+    history: Annotated[
+        str | None,
+        typer.Option(
+            help="The feature job's history: oof (out of fold) or point_in_time "
+            "(default: oof for random, point_in_time for time)."
+        ),
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="Folds of the oof history.")] = None,
     workdir: Workdir = DEFAULT_WORKDIR,
     profile: Profile = "local",
 ) -> None:
@@ -708,6 +716,8 @@ def benchmark_rtr(
         "protocol": protocol,
         "workdir": workdir,
         "profile": profile,
+        "history": history,
+        "folds": folds,
     }
     if trials is not None:
         kwargs["n_trials"] = trials

@@ -44,6 +44,8 @@ COLUMN_MEANING: Final[dict[str, str]] = {
     "events.event_timestamp": "when the shopper tried the size (ISO 8601)",
     "age": "age in years",
     "body_type": "free text, e.g. `hourglass`",
+    "underbust_cm": "girth under the bust, cm (a bra size's band)",
+    "cup_cm": "bust girth minus underbust, cm (a bra size's cup)",
     "product_id": "the product's id",
     "brand": "brand name",
     "category": "garment category (fitml's synthetic data uses "

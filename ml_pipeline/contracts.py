@@ -11,7 +11,8 @@ What the contract requires (public data may leave optional fields null):
 * users: ``user_id`` and ``event_timestamp`` present, one row per (``user_id``,
   ``event_timestamp``); measurements optional but plausible (``ml_pipeline.units`` ranges);
   ``sex`` in F/M, ``fit_preference`` in ``schema.FIT_PREFERENCES``, both optional; optional
-  extras ``age`` (13..100) and ``body_type``.
+  extras ``age`` (13..100), ``body_type``, and a bra size's ``underbust_cm`` (a plausible
+  girth) and ``cup_cm`` (bust minus underbust, 0..40).
 * products: unique ``product_id``; ``category`` and ``size_system`` (a known system) present;
   ``brand``, ``fit_type`` (``schema.FIT_TYPES``) and ``stretch`` ([0, 1]) optional.
 * size charts: one row per (``product_id``, ``size``, ``dimension``); the product exists; the
@@ -113,6 +114,20 @@ def users_schema() -> pa.DataFrameSchema:
                 required=False,
             ),
             "body_type": pa.Column(object, nullable=True, required=False),
+            "underbust_cm": pa.Column(
+                float,
+                pa.Check.in_range(*units.GIRTH_RANGE_CM, error="out of range"),
+                nullable=True,
+                coerce=True,
+                required=False,
+            ),
+            "cup_cm": pa.Column(
+                float,
+                pa.Check.in_range(0.0, 40.0, error="out of range"),
+                nullable=True,
+                coerce=True,
+                required=False,
+            ),
         },
         unique=["user_id", "event_timestamp"],
         report_duplicates="exclude_first",

@@ -70,10 +70,23 @@ class TrainingSettings(_Strict):
 
 
 class FeastSettings(_Strict):
-    """The Feast feature store: its config file (a ``feature_store.yaml``) and project."""
+    """The Feast feature store: its config file, project and the aggregate job's history.
+
+    ``config_file`` is a ``feature_store.yaml``; ``history`` says how the aggregate job gives
+    training rows their feedback history.
+    """
 
     config_file: Path
     project: str = "fitml"
+    history: Literal["point_in_time", "oof"] = "point_in_time"
+    """``point_in_time`` (the default): every row sees the feedback strictly before it.
+    ``oof``: out of fold, for data without a time order (the paper's random split): the
+    labelled events are cut into ``folds`` folds and each of their rows sees the feedback of
+    the other folds, earlier and later; a row not in the event log (a held-out test row) and
+    serving see all of it (:mod:`features.aggregates`). Not for a time-based evaluation: a
+    row would see feedback from after it."""
+    folds: int = Field(default=5, ge=2, le=50)
+    """Folds of the ``oof`` history."""
 
 
 class ServingSettings(_Strict):

@@ -23,9 +23,10 @@ from evaluation.public_benchmark import (
     split_by_transaction,
 )
 from features import store as fs
+from features.aggregates import HistoryFolds, event_folds
 from features.definitions import FIT_MODEL_FEATURES
 from ml_pipeline.ingest import ingest_renttherunway
-from ml_pipeline.settings import load_settings
+from ml_pipeline.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
 
@@ -77,22 +78,30 @@ def test_a_separate_test_file_is_scored_unseen(sample: Path, tmp_path: Path) -> 
     assert result["mean_auc"] > 0.55
 
 
-def test_scored_rows_labels_enter_no_feature(sample: Path, tmp_path: Path) -> None:
+FLIP = {"too_small": "too_large", "fit": "too_small", "too_large": "fit"}
+
+
+def _settings(work: Path, history: str) -> Settings:
+    settings = load_settings("local", work)
+    feast = settings.feast.model_copy(update={"history": history})
+    return settings.model_copy(update={"feast": feast})
+
+
+@pytest.mark.parametrize("history", ["point_in_time", "oof"])
+def test_scored_rows_labels_enter_no_feature(sample: Path, tmp_path: Path, history: str) -> None:
     """Held-out rows' labels are out of the event log: flipping them changes no feature."""
     features = [c for c in FIT_MODEL_FEATURES]
 
     def rows(flip: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
         work = tmp_path / ("flipped" if flip else "plain")
         ingest_renttherunway(sample, work)
-        settings = load_settings("local", work)
+        settings = _settings(work, history)
         events = pd.read_parquet(settings.offline_dir / "events.parquet")
         events = events.sort_values("event_id", kind="stable").reset_index(drop=True)
         _, test = split_by_transaction(events, 0, (0.8, 0.2))
         held = _hold_out(settings, set(test["event_id"]))
         if flip:  # what the scored rows' labels are must not matter to anything
-            held["outcome"] = held["outcome"].map(
-                {"too_small": "too_large", "fit": "too_small", "too_large": "fit"}
-            )
+            held["outcome"] = held["outcome"].map(FLIP)
         fs.apply(settings)
         train = fs.training_set(settings).set_index("event_id").sort_index()
         scored = fs.training_set(settings, held).set_index("event_id").sort_index()
@@ -105,3 +114,40 @@ def test_scored_rows_labels_enter_no_feature(sample: Path, tmp_path: Path) -> No
     # The history features are not empty: the check is not vacuous.
     assert plain_scored["pstat_n"].notna().mean() > 0.3
     assert np.isfinite(plain_scored["size_rel_item"]).mean() > 0.3
+
+
+def test_oof_rows_own_fold_labels_enter_no_feature(sample: Path, tmp_path: Path) -> None:
+    """Out of fold, through the store: flipping labels of one fold changes none of its rows'
+    features (request-time ones included), and the held-out rows see more history."""
+    features = [c for c in FIT_MODEL_FEATURES]
+
+    def rows(flip_fold: int | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+        work = tmp_path / f"flip{flip_fold}"
+        ingest_renttherunway(sample, work)
+        settings = _settings(work, "oof")
+        path = settings.offline_dir / "events.parquet"
+        events = pd.read_parquet(path).sort_values("event_id", kind="stable")
+        _, test = split_by_transaction(events.reset_index(drop=True), 0, (0.9, 0.1))
+        held = _hold_out(settings, set(test["event_id"]))
+        labelled = pd.read_parquet(path)
+        fold = event_folds(labelled["event_id"], settings.feast.folds, settings.seed)
+        if flip_fold is not None:
+            mask = fold == flip_fold
+            labelled.loc[mask, "outcome"] = labelled.loc[mask, "outcome"].map(FLIP)
+            labelled.to_parquet(path, index=False)
+        fs.apply(settings)
+        folds = HistoryFolds.read(fs.feature_source_dir(settings))
+        assert folds is not None and folds.folds == settings.feast.folds
+        train = fs.training_set(settings).set_index("event_id")
+        scored = fs.training_set(settings, held).set_index("event_id")
+        fold_of = pd.Series(fold, index=labelled["event_id"].to_numpy())
+        return train[features], scored[features], fold_of.loc[train.index].to_numpy()
+
+    plain, scored, fold = rows(None)
+    flipped, _, _ = rows(1)
+    in_fold = fold == 1
+    pd.testing.assert_frame_equal(plain[in_fold], flipped[in_fold])
+    # Not vacuous: the flip shows in the other folds' features.
+    assert not plain[~in_fold]["hist_share_small"].equals(flipped[~in_fold]["hist_share_small"])
+    # A held-out row reads every labelled row; a labelled row all but its own fold's.
+    assert scored["pstat_n"].mean() > plain["pstat_n"].mean()
