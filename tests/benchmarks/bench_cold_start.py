@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.benchmarks.bench_serving import free_port, start, stop, wait_ready
+from .bench_serving import free_port, start, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable

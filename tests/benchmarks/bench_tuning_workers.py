@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.bench_scale import _create_database, _drop_database, prepare, trial_points
+from .bench_scale import _create_database, _drop_database, prepare, trial_points
 
 
 def run_once(work: Path, optuna_url: str, workers: int, trials: int, tag: str) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = prepare(Path(args.cache), args.events)
     if not (work / "training_set.parquet").is_file():
-        from tests.benchmarks.bench_scale import phase_features
+        from .bench_scale import phase_features
 
         phase_features(work)
     dsn = os.environ.get("FITML_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

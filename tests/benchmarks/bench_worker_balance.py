@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.benchmarks.bench_serving import (
+from .bench_serving import (
     bodies_for,
     free_port,
     run_load,
