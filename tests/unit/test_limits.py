@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -108,19 +109,23 @@ def test_a_body_that_never_ends_is_408() -> None:
     assert status == 408 and time.monotonic() - started < 3
 
 
-@pytest.fixture
-def server() -> Iterator[int]:
+@contextlib.contextmanager
+def running(app: Any, **http: Any) -> Iterator[int]:
+    """``app`` under uvicorn in a thread with the request-deadline protocol; yields its port.
+
+    ``http`` goes to :func:`request_deadline_protocol`; :data:`LIMITS` sets the rest.
+    """
     import uvicorn
 
     from serving.session.testing import free_port
 
     port = free_port()
     config = uvicorn.Config(
-        RequestGuard(echo, LIMITS),
+        app,
         host="127.0.0.1",
         port=port,
         log_config=None,
-        http=request_deadline_protocol(LIMITS.header_timeout_s),
+        http=request_deadline_protocol(LIMITS.header_timeout_s, **http),
         **uvicorn_limits(LIMITS),
     )
     server = uvicorn.Server(config)
@@ -129,9 +134,17 @@ def server() -> Iterator[int]:
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=5)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    with running(RequestGuard(echo, LIMITS)) as port:
+        yield port
 
 
 def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float:
@@ -168,54 +181,35 @@ def test_slow_request_heads_are_dropped(server: int) -> None:
     assert all(t < 2.5 for t in times), times
 
 
+def _post_and_read(s: socket.socket) -> bytes:
+    """Send one 2-byte POST on ``s`` and read its whole answer (the echo server's ``2``)."""
+    s.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab")
+    reply = b""
+    while not reply.endswith(b"\r\n\r\n2"):
+        chunk = s.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
 def test_keep_alive_requests_still_work_and_a_slow_second_head_is_dropped(server: int) -> None:
     with socket.create_connection(("127.0.0.1", server)) as s:
         for _ in range(3):
-            s.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab")
-            reply = b""
-            while not reply.endswith(b"\r\n\r\n2"):
-                chunk = s.recv(4096)
-                assert chunk, reply
-                reply += chunk
+            reply = _post_and_read(s)
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"2"), reply
         assert closed_within(s, 5, b"POST /x HTTP/1.1\r\nHost: a\r\n" + b"X: y" * 50) < 2.5
 
 
 def test_a_connection_is_closed_after_its_max_requests() -> None:
     """``max_requests_per_connection``: the N-th answer says close, then the server closes."""
-    import uvicorn
-
-    from serving.session.testing import free_port
-
-    port = free_port()
-    config = uvicorn.Config(
-        echo,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        http=request_deadline_protocol(LIMITS.header_timeout_s, max_requests_per_connection=3),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
     heads = []
-    try:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            for _ in range(3):
-                s.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab")
-                reply = b""
-                while not reply.endswith(b"\r\n\r\n2"):
-                    chunk = s.recv(4096)
-                    assert chunk, reply
-                    reply += chunk
-                heads.append(reply.split(b"\r\n\r\n")[0].lower())
-            assert closed_within(s, 2) < 1.0
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
+    with (
+        running(echo, max_requests_per_connection=3) as port,
+        socket.create_connection(("127.0.0.1", port)) as s,
+    ):
+        for _ in range(3):
+            heads.append(_post_and_read(s).split(b"\r\n\r\n")[0].lower())
+        assert closed_within(s, 2) < 1.0
     assert [b"connection: close" in h for h in heads] == [False, False, True]
     assert all(h.startswith(b"http/1.1 200") for h in heads)
 
