@@ -153,10 +153,8 @@ class PredictionClient:
         error = PredictionUnavailable("connection", "prediction service not called")
         for attempt in range(s.retries + 1):
             try:
-                response = await asyncio.wait_for(
-                    self._client().post("/recommend", json=body, headers=headers),
-                    timeout=max(0.05, deadline - time.monotonic()),
-                )
+                async with asyncio.timeout(max(0.05, deadline - time.monotonic())):
+                    response = await self._client().post("/recommend", json=body, headers=headers)
             except (httpx.TimeoutException, TimeoutError):
                 error = PredictionUnavailable("timeout", "prediction service timed out")
             except httpx.TransportError as exc:

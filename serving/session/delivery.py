@@ -134,6 +134,7 @@ class Deliverer:
         self.interval_s = interval_s
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- one pass (blocking: runs in a worker thread) ------------------------------------
     def deliver_once(self) -> DeliveryReport:
@@ -293,23 +294,34 @@ class Deliverer:
     def start(self) -> None:
         """Run passes in the background: on :meth:`wake`, else every ``interval_s``."""
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="fitml-session-delivery")
 
     async def stop(self) -> None:
         """Stop the background task after a last pass."""
+        self._stopping = True  # the loop ends even if a cancellation were lost in a wake-up
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # stop() itself was cancelled (a shutdown deadline), not just the loop
             self._task = None
         await asyncio.to_thread(self.deliver_once)
 
     async def _run(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+            # arrives as the event is set, and stop() would then wait for ever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                break
             try:
                 await asyncio.to_thread(self.deliver_once)
             except Exception:  # never let the loop die; the items stay in the outbox

@@ -289,6 +289,27 @@ def test_outbox_keeps_feedback_until_the_store_is_back_and_pushes_once(tmp_path:
     assert store.count_events() == 1 and pushed == ["e1"]
 
 
+def test_stop_ends_the_delivery_loop_when_it_was_just_woken(tmp_path: Path) -> None:
+    # feedback wakes the loop and the service shuts down in the same tick: the
+    # cancellation must not be lost in the wake-up, or shutdown waits for ever
+    deliverer = Deliverer(
+        Outbox(tmp_path / "outbox.db"),
+        SqliteEventStore(tmp_path / "events.db"),
+        lambda f: None,
+        Metrics(),
+        interval_s=3600,
+    )
+
+    async def wake_then_stop() -> None:
+        deliverer.start()
+        await asyncio.sleep(0)  # the loop is waiting for a wake-up
+        deliverer.wake()
+        async with asyncio.timeout(5):
+            await deliverer.stop()
+
+    run(wake_then_stop())
+
+
 # -- the app ----------------------------------------------------------------------------
 
 
