@@ -115,6 +115,13 @@ MONITORED: Final[tuple[ColumnSpec, ...]] = (
     _num("user_inseam_cm", "feature", BODY_WASSERSTEIN),
     _cat("user_sex", "feature", SHOPPER_JS),
     _cat("user_fit_preference", "feature", SHOPPER_JS),
+    # the profile a public-data or retailer adapter may carry (the synthetic world has none:
+    # skipped there as "fewer than 2 known values"); not calibrated on their own, they take
+    # the thresholds of the body measurements and stated attributes they stand beside
+    _num("user_age", "feature", BODY_WASSERSTEIN),
+    _num("user_underbust_cm", "feature", BODY_WASSERSTEIN),
+    _num("user_cup_cm", "feature", BODY_WASSERSTEIN),
+    _cat("user_body_type", "feature", SHOPPER_JS),
     _cat("product_category", "feature", CATALOGUE_JS),
     _cat("product_size_system", "feature", CATALOGUE_JS),
     _cat("product_fit_type", "feature", CATALOGUE_JS),

@@ -85,6 +85,22 @@ def test_shifted_girth_and_outcome_mix_are_drift(seed: int) -> None:
     )
 
 
+def test_a_public_data_profile_is_monitored_and_absent_profile_fields_are_skipped() -> None:
+    rng = np.random.default_rng(0)
+
+    def window(n: int, age: float, body_types: list[float]) -> pd.DataFrame:
+        frame = _window(rng, n)
+        frame["user_age"] = rng.normal(age, 8, n)
+        frame["user_body_type"] = rng.choice(["hourglass", "athletic", "petite"], n, p=body_types)
+        frame["user_cup_cm"] = np.nan  # an adapter without bra sizes
+        return frame
+
+    verdict = detect_drift(window(4000, 34, [0.5, 0.3, 0.2]), window(2000, 41, [0.2, 0.3, 0.5]))
+    assert {"user_age", "user_body_type"} <= set(verdict.drifted_columns)
+    assert verdict.skipped_columns["user_cup_cm"] == "fewer than 2 known values in a window"
+    assert "user_underbust_cm" not in verdict.skipped_columns  # in neither window: not named
+
+
 def test_verdict_json_round_trip_and_summary(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     html = tmp_path / "r.html"
