@@ -51,7 +51,13 @@ from optuna.trial import TrialState
 from features.definitions import CATEGORICAL_FEATURES
 from ml_pipeline.errors import InvalidValueError
 from training.models import FitModel, SizeModel, TabularEncoder
-from training.tuning import CLASS_WEIGHT_PARAM, VALID_NAME, TuningResult, tune_lightgbm
+from training.tuning import (
+    CLASS_WEIGHT_PARAM,
+    VALID_NAME,
+    TuningResult,
+    starting_point,
+    tune_lightgbm,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -742,6 +748,7 @@ def tune_model_in_workers(
             num_threads=settings.training.num_threads,
             max_rounds=settings.training.max_rounds,
             timeout_s=timeout_s,
+            initial_params=(starting_point(len(train)),),  # as the in-process tuning starts
         )
     tuned = type(model)(
         params=result.best_params,

@@ -20,7 +20,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -264,9 +265,37 @@ def _fixed_params(
     return params, max_rounds, patience
 
 
+STARTING_POINT: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "learning_rate": 0.1,
+        "num_leaves": 31,
+        "min_data_in_leaf": 100,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "lambda_l1": 1e-8,
+        "lambda_l2": 1.0,
+        CLASS_WEIGHT_PARAM: 0.0,
+    }
+)
+"""The first trial of a new study when the caller names none: LightGBM's usual shape with
+some bagging and L2, so that a budget of one trial gives a sound model rather than whatever
+the sampler drew first. ``min_data_in_leaf`` is lowered to fit a small training set."""
+
+
+def starting_point(n_train: int) -> dict[str, float]:
+    """:data:`STARTING_POINT` inside the search space of ``n_train`` training rows."""
+    point = dict(STARTING_POINT)
+    point["min_data_in_leaf"] = min(point["min_data_in_leaf"], _max_leaf_data(n_train))
+    return point
+
+
+def _max_leaf_data(n_train: int) -> int:
+    return max(5, min(1000, n_train // 20))
+
+
 def _suggest(trial: optuna.Trial, objective: str, n_train: int) -> tuple[dict[str, Any], float]:
     """Sample one point of the search space: LightGBM params and the class-weight exponent."""
-    max_leaf_data = max(5, min(1000, n_train // 20))
+    max_leaf_data = _max_leaf_data(n_train)
     params: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
         "num_leaves": trial.suggest_int("num_leaves", 8, 256, log=True),
@@ -361,7 +390,7 @@ def tune_lightgbm(
     categorical: Sequence[str] = (),
     base_params: Mapping[str, Any] | None = None,
     log_to_mlflow: bool = True,
-    initial_params: Sequence[Mapping[str, Any]] = (),
+    initial_params: Sequence[Mapping[str, Any]] | None = None,
     label: str = "model",
 ) -> TuningResult:
     """Tune a LightGBM model with Optuna (seeded TPE, pruning, early stopping).
@@ -402,7 +431,8 @@ def tune_lightgbm(
         initial_params: Points of the search space to try first (e.g. the last champion's
             settings), each a mapping of some of the tuned names (``learning_rate``, ...,
             ``class_weight_power``) to values; unnamed ones are sampled. Only enqueued when the
-            study has no trials yet, so resuming workers do not repeat them.
+            study has no trials yet, so resuming workers do not repeat them. ``None``: the
+            :func:`starting_point`; ``()``: every trial sampled.
         label: What is tuned (``"fit model"``), for the progress line reported after each
             trial on the ``fitml`` logger (:mod:`ml_pipeline.console`).
 
@@ -501,6 +531,8 @@ def tune_lightgbm(
         ),
         load_if_exists=True,
     )
+    if initial_params is None:
+        initial_params = (starting_point(len(X_train)),)
     if initial_params and not study.get_trials(deepcopy=False):
         for point in initial_params:
             study.enqueue_trial(dict(point), skip_if_exists=True)

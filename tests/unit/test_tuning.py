@@ -14,7 +14,13 @@ from mlflow.tracking import MlflowClient
 
 from ml_pipeline.console import LOGGER
 from ml_pipeline.errors import InvalidValueError
-from training.tuning import TuningResult, class_sample_weights, tune_lightgbm
+from training.tuning import (
+    STARTING_POINT,
+    TuningResult,
+    class_sample_weights,
+    starting_point,
+    tune_lightgbm,
+)
 
 
 def _data(seed: int, n: int = 1500) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
@@ -194,6 +200,16 @@ def test_initial_params_are_tried_first() -> None:
     result = _tune(0, n_trials=2, log_to_mlflow=False, initial_params=[start])
     first = result.study.trials[0].params
     assert first["learning_rate"] == 0.123 and first["num_leaves"] == 17
+
+
+def test_a_new_study_starts_at_the_starting_point_inside_the_space() -> None:
+    result = _tune(0, n_trials=2, log_to_mlflow=False)
+    first = result.study.trials[0].params
+    # 1,050 training rows: the space's min_data_in_leaf ends at 52, so the point is lowered
+    assert first == {**STARTING_POINT, "min_data_in_leaf": 52}
+    assert starting_point(1_000_000)["min_data_in_leaf"] == STARTING_POINT["min_data_in_leaf"]
+    sampled = _tune(0, n_trials=1, log_to_mlflow=False, initial_params=())
+    assert sampled.study.trials[0].params["learning_rate"] != STARTING_POINT["learning_rate"]
 
 
 def test_timeout_also_stops_a_long_trial() -> None:
