@@ -127,8 +127,9 @@ def configure(settings: Settings) -> mlflow.MlflowClient:
     it is marked as model training (:func:`ensure_experiment`).
     """
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
-    if settings.mlflow.registry_uri:
-        mlflow.set_registry_uri(settings.mlflow.registry_uri)
+    # always set: MLflow keeps a registry URI set earlier in the process (set_registry_uri(None)
+    # does not clear it), and the registry would then not follow the tracking store
+    mlflow.set_registry_uri(settings.mlflow.registry_uri or settings.mlflow.tracking_uri)
     client = mlflow.MlflowClient()
     ensure_experiment(settings, settings.mlflow.experiment)
     mlflow.set_experiment(settings.mlflow.experiment)
