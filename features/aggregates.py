@@ -468,7 +468,7 @@ class _Cumulative:
 
     def ids(self) -> np.ndarray:
         """The entity of each row, as strings."""
-        return self._ids.take(self._entity).astype(str).to_numpy(dtype=object)
+        return self._ids.astype(str).take(self._entity).to_numpy(dtype=object)
 
     def stamped(self) -> pd.Series:
         """Each row's instant plus :data:`STAMP_DELAY` (when the row becomes visible)."""
