@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from features.definitions import CREATED_TIMESTAMP
-from features.transforms import CATALOGUE_SYSTEMS, chart_features, implied_index
+from features.transforms import BODY_COLUMN, CATALOGUE_SYSTEMS, chart_features, implied_index
 
 STAMP_DELAY: Final = pd.Timedelta(microseconds=1)
 BODY_SLOPE_PRIOR: Final = 200.0
@@ -218,38 +218,83 @@ def event_offsets(
     The shopper's girth is taken from the latest profile at or before the event. ``context``:
     the latent-size offsets (``item_off``, ``user_off``) are taken against the events strictly
     before (``before``) or against every other event given (``others``, the ``oof`` job).
+
+    Rows come in event-time order (one per event and matching product row). ``user_id``,
+    ``product_id``, ``outcome`` and ``size_system`` are categoricals (``user_id`` and
+    ``product_id`` with their categories in ascending order): tens of millions of events are
+    joined and grouped through integer codes, never through their strings.
     """
-    ev = events[["event_id", "user_id", "product_id", "size_index", "outcome", "event_timestamp"]]
-    ev = ev.assign(event_timestamp=utc_ns(ev["event_timestamp"]))
-    ev = ev.sort_values("event_timestamp", kind="stable")
+    stamps = utc_ns(events["event_timestamp"])
+    order = np.argsort(_nanoseconds(stamps), kind="stable")
+    users, user_ids = _codes(events["user_id"])
+    products, product_ids = _codes(events["product_id"])
+
+    # The profile as of each event: merge_asof by the shopper's code.
     profile = user_profile.sort_values("event_timestamp", kind="stable")
-    joined = pd.merge_asof(
-        ev,
-        profile.rename(columns={"event_timestamp": "profile_timestamp"}),
-        left_on="event_timestamp",
-        right_on="profile_timestamp",
-        by="user_id",
-        direction="backward",
+    profile_user = user_ids.get_indexer(profile["user_id"])
+    right = pd.DataFrame(
+        {
+            "at": profile["event_timestamp"].array,
+            "user": profile_user,
+            "profile_row": np.arange(len(profile)),
+        }
+    )[profile_user >= 0]
+    left = pd.DataFrame({"at": stamps.array.take(order), "user": users[order]})
+    as_of = pd.merge_asof(left, right, on="at", by="user", direction="backward")
+    profile_of_event = np.empty(len(events), dtype=np.int64)
+    profile_of_event[order] = as_of["profile_row"].fillna(-1).to_numpy(dtype=np.int64)
+    del left, right, as_of
+
+    # Each event with its product's attribute rows (a left merge on the product's code).
+    attr_product = product_ids.get_indexer(product_attrs["product_id"])
+    matched = pd.merge(
+        pd.DataFrame({"product": products[order], "event_row": order}),
+        pd.DataFrame(
+            {
+                "product": np.where(attr_product >= 0, attr_product, -2),
+                "attr_row": np.arange(len(product_attrs)),
+            }
+        ),
+        on="product",
+        how="left",
     )
-    joined = joined.merge(
-        product_attrs.drop(columns=["event_timestamp"]), on="product_id", how="left"
-    )
-    chart = chart_features(joined.reset_index(drop=True))
-    implied = implied_index(joined["size_index"].to_numpy(), joined["outcome"])
+    rows = matched["event_row"].to_numpy(dtype=np.int64)
+    attr = matched["attr_row"].fillna(-1).to_numpy(dtype=np.int64)
+    prof = profile_of_event[rows]
+    del matched, profile_of_event
+
+    size_index = events["size_index"].to_numpy(dtype=float)[rows]
+    outcomes = events["outcome"].to_numpy(dtype=object)[rows]
+    product = products[rows]
+    chart_input: dict[str, np.ndarray] = {
+        "product_id": np.where(product >= 0, product, np.nan),
+        "size_index": size_index,
+    }
+    for column in ("chart_dimension", "chart_index", "chart_low", "chart_high"):
+        chart_input[column] = _take(product_attrs[column].to_numpy(dtype=object), attr)
+    for column in BODY_COLUMN.values():
+        if column in profile:
+            chart_input[column] = _take(profile[column].to_numpy(dtype=float), prof)
+    chart_pick = chart_features(chart_input)["chart_pick"]
+    del chart_input
+    implied = implied_index(size_index, outcomes)
+    outcome_codes, outcome_values = pd.factorize(outcomes)
+    del outcomes
+    system_codes, systems = pd.factorize(product_attrs["product_size_system"])
+    system_codes = np.append(system_codes, -1)  # attr -1 (no product row): missing
+    weight = pd.to_numeric(profile["user_weight_kg"], errors="coerce").to_numpy(dtype=float)
     out = pd.DataFrame(
         {
-            "event_id": joined["event_id"].to_numpy(),
-            "user_id": joined["user_id"].to_numpy(),
-            "product_id": joined["product_id"].to_numpy(),
-            "event_timestamp": joined["event_timestamp"].to_numpy(),
-            "outcome": joined["outcome"].to_numpy(),
-            "size_system": joined["product_size_system"].to_numpy(),
-            "size_index": joined["size_index"].to_numpy(dtype=float),
+            "event_id": events["event_id"].to_numpy()[rows],
+            "user_id": pd.Categorical.from_codes(users[rows], categories=user_ids),
+            "product_id": pd.Categorical.from_codes(product, categories=product_ids),
+            "event_timestamp": stamps.array.take(rows),
+            "outcome": pd.Categorical.from_codes(outcome_codes, categories=outcome_values),
+            "size_system": pd.Categorical.from_codes(system_codes[attr], categories=systems),
+            "size_index": size_index,
             "implied_index": implied,
-            "implied_offset": implied - chart["chart_pick"].to_numpy(),
-            "weight_kg": pd.to_numeric(joined["user_weight_kg"], errors="coerce").to_numpy(
-                dtype=float
-            ),
+            "implied_offset": implied - chart_pick,
+            "weight_kg": _take(weight, prof),
         }
     )
     # Latent sizes, decomposed: where the outcome says the right size was, against the
@@ -263,16 +308,137 @@ def event_offsets(
     return out
 
 
+def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, missing (NaN) where ``rows`` is -1."""
+    if not len(values):
+        return np.full(len(rows), np.nan, dtype=values.dtype if values.dtype == object else float)
+    taken = values[np.maximum(rows, 0)]
+    taken[rows < 0] = np.nan
+    return taken
+
+
+def _nanoseconds(stamps: pd.Series) -> np.ndarray:
+    """Timestamps as int64 nanoseconds since the epoch (UTC)."""
+    return utc_ns(stamps).to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _codes(values: pd.Series, ordered: bool = True) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes of ``values`` and the value of each code (-1: missing).
+
+    ``ordered``: the codes number the values in ascending order (else in any order).
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        if not ordered or values.cat.categories.is_monotonic_increasing:
+            return values.cat.codes.to_numpy(dtype=np.int64), values.cat.categories
+        values = values.astype(object)
+    codes, uniques = pd.factorize(values, sort=ordered)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+def _key_codes(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """One code per distinct combination of ``keys`` (missing values are values too)."""
+    combined = np.zeros(len(frame), dtype=np.int64)
+    for key in keys:
+        codes, uniques = _codes(frame[key], ordered=False)
+        combined = combined * (len(uniques) + 1) + (codes + 1)
+    return combined
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Rows grouped by entity and instant, the groups in (entity, instant) order.
+
+    Sums are pandas' grouped sums over the rows in their order, and running totals pandas'
+    grouped cumulative sums over the groups in order, so every value is the one a grouped
+    frame would give; only integer codes are grouped, one column at a time.
+
+    Attributes:
+        rows: Per row, its group (missing: the row is in no group).
+        entities: Per group, its entity (dense codes in group order).
+        first: Per group, its first row.
+    """
+
+    rows: pd.Categorical
+    entities: pd.Categorical
+    first: np.ndarray
+
+    @classmethod
+    def of(cls, entity: np.ndarray, instant: np.ndarray | None = None) -> _Groups:
+        """Group rows by ``entity`` code (< 0: in no group) and ``instant`` (None: one each)."""
+        kept = np.flatnonzero(entity >= 0)
+        if instant is not None:
+            kept = kept[np.argsort(instant[kept], kind="stable")]
+        order = kept[np.argsort(entity[kept], kind="stable")]
+        new_entity = np.ones(len(order), dtype=bool)
+        new_entity[1:] = entity[order[1:]] != entity[order[:-1]]
+        new_group = new_entity.copy()
+        if instant is not None:
+            new_group[1:] |= instant[order[1:]] != instant[order[:-1]]
+        group_of_row = np.full(len(entity), -1, dtype=np.int64)
+        group_of_row[order] = np.cumsum(new_group) - 1
+        groups = int(new_group.sum())
+        entity_of_group = np.cumsum(new_entity[new_group]) - 1
+        return cls(
+            rows=pd.Categorical.from_codes(group_of_row, categories=pd.RangeIndex(groups)),
+            entities=pd.Categorical.from_codes(
+                entity_of_group, categories=pd.RangeIndex(int(new_entity.sum()))
+            ),
+            first=order[new_group],
+        )
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per group, the sum of ``values`` over its rows (missing values count as 0)."""
+        series = pd.Series(values, dtype=float)
+        return series.groupby(self.rows, observed=False).sum().to_numpy(dtype=float)
+
+    def last(self, values: np.ndarray) -> np.ndarray:
+        """Per group, the last non-missing value of its rows (NaN when none)."""
+        series = pd.Series(values, dtype=float)
+        return series.groupby(self.rows, observed=False).last().to_numpy(dtype=float)
+
+    def running(self, per_group: np.ndarray) -> np.ndarray:
+        """Per group, the total of ``per_group`` over its entity's groups up to it."""
+        series = pd.Series(per_group, dtype=float)
+        return series.groupby(self.entities, observed=False).cumsum().to_numpy(dtype=float)
+
+    def before(self, per_group: np.ndarray) -> np.ndarray:
+        """Per group, the total of ``per_group`` over its entity's earlier groups (0: none)."""
+        running = pd.Series(self.running(per_group))
+        earlier = running.groupby(self.entities, observed=False).shift(1).fillna(0.0)
+        return earlier.to_numpy(dtype=float)
+
+    def carried(self, per_group: np.ndarray) -> np.ndarray:
+        """Per group, the latest non-missing value of ``per_group`` in its entity so far."""
+        series = pd.Series(per_group, dtype=float)
+        return series.groupby(self.entities, observed=False).ffill().to_numpy(dtype=float)
+
+
+def _filled(values: np.ndarray) -> np.ndarray:
+    """``values`` with missing ones as 0."""
+    return np.where(np.isnan(values), 0.0, values)
+
+
+def _known(values: np.ndarray) -> np.ndarray:
+    """1.0 where ``values`` is known, 0.0 where missing."""
+    return (~np.isnan(values)).astype(float)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, NaN where ``den`` is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / np.where(den == 0, np.nan, den)
+
+
 def _mean_others(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarray:
     """Per row, the mean of ``column`` over the other rows of its group (NaN when none)."""
-    values = frame[column].astype(float)
-    own_s = values.fillna(0.0)
-    own_n = values.notna().astype(float)
-    grouped = frame[keys].assign(s=own_s, n=own_n).groupby(keys, sort=False, dropna=False)
-    s = grouped["s"].transform("sum") - own_s
-    n = grouped["n"].transform("sum") - own_n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (s / n.replace(0.0, np.nan)).to_numpy(dtype=float)
+    values = frame[column].to_numpy(dtype=float)
+    groups = _Groups.of(_key_codes(frame, keys))
+    row_group = groups.rows.codes
+    own_s = _filled(values)
+    s = groups.sums(own_s)[row_group] - own_s
+    own_n = _known(values)
+    n = groups.sums(own_n)[row_group] - own_n
+    return _ratio(s, n)
 
 
 def _mean_before(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarray:
@@ -280,117 +446,133 @@ def _mean_before(frame: pd.DataFrame, keys: list[str], column: str) -> np.ndarra
 
     Rows at the same instant do not see each other; a row with no earlier row gets NaN.
     """
-    groups = [*keys, "event_timestamp"]
-    values = frame[column].astype(float)
-    per_instant = (
-        frame[groups]
-        .assign(s=values.fillna(0.0), n=values.notna().astype(float))
-        .groupby(groups, sort=True, dropna=False)[["s", "n"]]
-        .sum()
-    )
-    level = list(range(len(keys)))
-    before = per_instant.groupby(level=level, dropna=False).cumsum()
-    before = before.groupby(level=level, dropna=False).shift(1).fillna(0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = before["s"] / before["n"].replace(0.0, np.nan)
-    index = pd.MultiIndex.from_frame(frame[groups])
-    return mean.reindex(index).to_numpy(dtype=float)
+    values = frame[column].to_numpy(dtype=float)
+    groups = _Groups.of(_key_codes(frame, keys), _nanoseconds(frame["event_timestamp"]))
+    s = groups.before(groups.sums(_filled(values)))
+    n = groups.before(groups.sums(_known(values)))
+    return _ratio(s, n)[groups.rows.codes]
 
 
-def _cumulative(offsets: pd.DataFrame, key: str, systems: tuple[str, ...]) -> pd.DataFrame:
-    frame = offsets.assign(
-        n=1.0,
-        small=(offsets["outcome"] == "too_small").astype(float),
-        large=(offsets["outcome"] == "too_large").astype(float),
-        off_sum=offsets["implied_offset"].fillna(0.0),
-        off_n=offsets["implied_offset"].notna().astype(float),
-        size_sum=offsets["size_index"].fillna(0.0),
-        size_n=offsets["size_index"].notna().astype(float),
-        implied_sum=offsets["implied_index"].fillna(0.0),
-        item_off_sum=offsets["item_off"].fillna(0.0),
-        item_off_n=offsets["item_off"].notna().astype(float),
-        user_off_sum=offsets["user_off"].fillna(0.0),
-        user_off_n=offsets["user_off"].notna().astype(float),
-    )
-    sums = ["n", "small", "large", "off_sum", "off_n", "size_sum", "size_n", "implied_sum"]
-    sums += ["item_off_sum", "item_off_n", "user_off_sum", "user_off_n"]
-    # The body-size model of each product: where its feedback put the right size against the
-    # shopper's weight (a least-squares line from these running sums).
-    body = offsets["weight_kg"].notna() & offsets["implied_index"].notna()
-    w = offsets["weight_kg"].where(body, 0.0)
-    y = offsets["implied_index"].where(body, 0.0)
-    frame = frame.assign(bw_n=body.astype(float), bw_x=w, bw_y=y, bw_xx=w * w, bw_xy=w * y)
-    sums += ["bw_n", "bw_x", "bw_y", "bw_xx", "bw_xy"]
-    for system in systems:
-        mask = (frame["size_system"] == system).to_numpy()
-        frame[f"idx_sum_{system}"] = np.where(mask, frame["implied_index"], 0.0)
-        frame[f"idx_n_{system}"] = mask.astype(float)
-        sums += [f"idx_sum_{system}", f"idx_n_{system}"]
-    grouped = frame.groupby([key, "event_timestamp"], sort=True)
-    per_instant = grouped[sums].sum()
-    per_instant["last_off"] = grouped["implied_offset"].last()
-    cum = per_instant[sums].groupby(level=0).cumsum()
-    cum["last_off"] = per_instant["last_off"].groupby(level=0).ffill()
-    return cum.reset_index()
+class _Cumulative:
+    """An entity's running totals of its events' values after each instant it has events.
+
+    One row per (entity, instant), in that order (entities ascending); each total is
+    computed when asked, one column at a time.
+    """
+
+    def __init__(self, offsets: pd.DataFrame, key: str) -> None:
+        codes, self._ids = _codes(offsets[key])
+        self._groups = _Groups.of(codes, _nanoseconds(offsets["event_timestamp"]))
+        self._entity = codes[self._groups.first]
+        self._offsets = offsets
+
+    def ids(self) -> np.ndarray:
+        """The entity of each row, as strings."""
+        return self._ids.astype(str).take(self._entity).to_numpy(dtype=object)
+
+    def stamped(self) -> pd.Series:
+        """Each row's instant plus :data:`STAMP_DELAY` (when the row becomes visible)."""
+        at = self._offsets["event_timestamp"].iloc[self._groups.first]
+        return at.reset_index(drop=True) + STAMP_DELAY
+
+    def column(self, name: str) -> np.ndarray:
+        """One offsets column as floats."""
+        return self._offsets[name].to_numpy(dtype=float)
+
+    def total(self, values: np.ndarray) -> np.ndarray:
+        """The running total of per-event ``values`` (missing values count as 0)."""
+        return self._groups.running(self._groups.sums(values))
+
+    def count(self, mask: np.ndarray) -> np.ndarray:
+        """The running count of events where ``mask`` holds."""
+        return self.total(np.asarray(mask, dtype=float))
+
+    def last(self, values: np.ndarray) -> np.ndarray:
+        """The latest non-missing value of per-event ``values`` (NaN before any)."""
+        return self._groups.carried(self._groups.last(values))
 
 
 def user_history_table(offsets: pd.DataFrame) -> pd.DataFrame:
     """The shopper's fit history after each instant they gave feedback (stamped just after)."""
-    cum = _cumulative(offsets, "user_id", CATALOGUE_SYSTEMS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = pd.DataFrame(
-            {
-                "user_id": cum["user_id"].astype(str),
-                "event_timestamp": cum["event_timestamp"] + STAMP_DELAY,
-                CREATED_TIMESTAMP: cum["event_timestamp"] + STAMP_DELAY,
-                "hist_n": cum["n"].astype(float),
-                "hist_share_small": cum["small"] / cum["n"],
-                "hist_share_large": cum["large"] / cum["n"],
-                "hist_mean_offset": cum["off_sum"] / cum["off_n"].replace(0, np.nan),
-                "hist_last_offset": cum["last_off"].astype(float),
-                # One pseudo-event at offset 0 shrinks a short history towards "wears each
-                # product's typical size".
-                "hist_item_offset": cum["item_off_sum"] / (cum["item_off_n"] + LATENT_PRIOR),
-            }
+    cum = _Cumulative(offsets, "user_id")
+    stamped = cum.stamped()
+    outcome = offsets["outcome"]
+    n = cum.count(np.ones(len(offsets), dtype=bool))
+    offset = cum.column("implied_offset")
+    item_off = cum.column("item_off")
+    out = pd.DataFrame(
+        {
+            "user_id": cum.ids(),
+            "event_timestamp": stamped,
+            CREATED_TIMESTAMP: stamped,
+            "hist_n": n,
+            "hist_share_small": cum.count((outcome == "too_small").to_numpy()) / n,
+            "hist_share_large": cum.count((outcome == "too_large").to_numpy()) / n,
+            "hist_mean_offset": _ratio(cum.total(_filled(offset)), cum.count(~np.isnan(offset))),
+            "hist_last_offset": cum.last(offset),
+            # One pseudo-event at offset 0 shrinks a short history towards "wears each
+            # product's typical size".
+            "hist_item_offset": cum.total(_filled(item_off))
+            / (cum.count(~np.isnan(item_off)) + LATENT_PRIOR),
+        }
+    )
+    implied = cum.column("implied_index")
+    for system in CATALOGUE_SYSTEMS:
+        mask = (offsets["size_system"] == system).to_numpy()
+        out[f"hist_usual_{system}"] = _ratio(
+            cum.total(np.where(mask, implied, 0.0)), cum.count(mask)
         )
-        for system in CATALOGUE_SYSTEMS:
-            count = cum[f"idx_n_{system}"].replace(0, np.nan)
-            out[f"hist_usual_{system}"] = cum[f"idx_sum_{system}"] / count
     return out
 
 
 def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
     """Everyone's feedback on the product after each instant (stamped just after)."""
-    cum = _cumulative(offsets, "product_id", ())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return pd.DataFrame(
-            {
-                "product_id": cum["product_id"].astype(str),
-                "event_timestamp": cum["event_timestamp"] + STAMP_DELAY,
-                CREATED_TIMESTAMP: cum["event_timestamp"] + STAMP_DELAY,
-                "pstat_n": cum["n"].astype(float),
-                "pstat_share_small": cum["small"] / cum["n"],
-                "pstat_share_large": cum["large"] / cum["n"],
-                "pstat_mean_offset": cum["off_sum"] / cum["off_n"].replace(0, np.nan),
-                "pstat_size_mean": cum["size_sum"] / cum["size_n"].replace(0, np.nan),
-                "pstat_implied_mean": cum["implied_sum"] / cum["size_n"].replace(0, np.nan),
-                "pstat_user_offset": cum["user_off_sum"] / (cum["user_off_n"] + LATENT_PRIOR),
-                **_body_line(cum),
-            }
-        )
+    cum = _Cumulative(offsets, "product_id")
+    stamped = cum.stamped()
+    outcome = offsets["outcome"]
+    n = cum.count(np.ones(len(offsets), dtype=bool))
+    offset = cum.column("implied_offset")
+    size = cum.column("size_index")
+    size_n = cum.count(~np.isnan(size))
+    implied = cum.column("implied_index")
+    user_off = cum.column("user_off")
+    return pd.DataFrame(
+        {
+            "product_id": cum.ids(),
+            "event_timestamp": stamped,
+            CREATED_TIMESTAMP: stamped,
+            "pstat_n": n,
+            "pstat_share_small": cum.count((outcome == "too_small").to_numpy()) / n,
+            "pstat_share_large": cum.count((outcome == "too_large").to_numpy()) / n,
+            "pstat_mean_offset": _ratio(cum.total(_filled(offset)), cum.count(~np.isnan(offset))),
+            "pstat_size_mean": _ratio(cum.total(_filled(size)), size_n),
+            "pstat_implied_mean": _ratio(cum.total(_filled(implied)), size_n),
+            "pstat_user_offset": cum.total(_filled(user_off))
+            / (cum.count(~np.isnan(user_off)) + LATENT_PRIOR),
+            **_body_line(cum, implied),
+        }
+    )
 
 
-def _body_line(cum: pd.DataFrame) -> dict[str, pd.Series]:
+def _body_line(cum: _Cumulative, implied: np.ndarray) -> dict[str, pd.Series]:
     """A product's right size against the shopper's weight: mean weight, mean size, slope.
 
-    The slope is shrunk towards 0 by :data:`BODY_SLOPE_PRIOR` (kg squared), so a product
-    with little feedback predicts its mean right size for every weight.
+    The body-size model of each product: where its feedback put the right size against the
+    shopper's weight, a least-squares line from running sums. The slope is shrunk towards 0
+    by :data:`BODY_SLOPE_PRIOR` (kg squared), so a product with little feedback predicts its
+    mean right size for every weight.
     """
-    n = cum["bw_n"].replace(0, np.nan)
-    x_mean = cum["bw_x"] / n
-    y_mean = cum["bw_y"] / n
-    sxx = cum["bw_xx"] - cum["bw_x"] * x_mean
-    sxy = cum["bw_xy"] - cum["bw_x"] * y_mean
+    weight = cum.column("weight_kg")
+    body = ~np.isnan(weight) & ~np.isnan(implied)
+    w = np.where(body, weight, 0.0)
+    y = np.where(body, implied, 0.0)
+    n = pd.Series(cum.count(body)).replace(0, np.nan)
+    sum_x = pd.Series(cum.total(w))
+    sum_y = pd.Series(cum.total(y))
+    x_mean = sum_x / n
+    y_mean = sum_y / n
+    sxx = pd.Series(cum.total(w * w)) - sum_x * x_mean
+    sxy = pd.Series(cum.total(w * y)) - sum_x * y_mean
     return {
         "pstat_body_weight": x_mean,
         "pstat_body_size": y_mean,
