@@ -116,6 +116,7 @@ def test_mlflow_shows_training_apart_with_descriptions_and_the_gate(
 ) -> None:
     settings = load_settings("local", second_run[0])
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not an earlier test's
     client = mlflow.MlflowClient()
     training = client.get_experiment_by_name(settings.mlflow.experiment)
     assert training.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -159,6 +160,7 @@ def test_evaluate_prints_the_tables_and_logs_them(second_run: tuple[Path, str]) 
     run_id = re.search(r"logged to MLflow run (\w+)", text).group(1)
     settings = load_settings("local", workdir)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not an earlier test's
     run = mlflow.get_run(run_id)
     assert run.data.tags["fitml.kind"] == "evaluate"
     assert run.data.metrics["fit_mean_auc"] == pytest.approx(_metrics(workdir)["fit_mean_auc"])
@@ -198,6 +200,7 @@ def test_mlflow_run_evaluate_logs_to_the_project_store(second_run: tuple[Path, s
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not an earlier test's
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     launched = [

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_pipeline_registers_both_models_as_champion(trained_workdir: Path) -> None:
     settings = load_settings("local", trained_workdir)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not an earlier test's
     client = mlflow.MlflowClient()
     for name in (settings.mlflow.fit_model_name, settings.mlflow.size_model_name):
         version = client.get_model_version_by_alias(name, "champion")

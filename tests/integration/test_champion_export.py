@@ -43,7 +43,8 @@ def test_export_holds_the_champions_and_serves_without_the_registry(
     assert manifest == json.loads((out / "fitml-models.json").read_text())
 
     settings = load_settings("local", trained_workdir)
-    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    uri = settings.mlflow.tracking_uri
+    client = mlflow.MlflowClient(uri, registry_uri=uri)  # not the registry an earlier test set
     registered = {
         "fit_model": client.get_model_version_by_alias(settings.mlflow.fit_model_name, "champion"),
         "size_model": client.get_model_version_by_alias(

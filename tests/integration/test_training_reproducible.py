@@ -31,6 +31,7 @@ def test_retraining_reproduces_metrics_and_the_gate_keeps_an_equal_champion(
         assert first.metrics[key] == pytest.approx(second.metrics[key], abs=1e-12), key
 
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not an earlier test's
     client = mlflow.MlflowClient()
     name = settings.mlflow.fit_model_name
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
