@@ -492,24 +492,35 @@ class _Cumulative:
         return self._groups.carried(self._groups.last(values))
 
 
+def _feedback_mix(cum: _Cumulative, offsets: pd.DataFrame, prefix: str) -> dict[str, np.ndarray]:
+    """The feedback so far: ``<prefix>_n``, ``_share_small``, ``_share_large``, ``_mean_offset``.
+
+    The mean offset is the right size against the chart pick; the shopper's history and the
+    product's stats count them alike.
+    """
+    outcome = offsets["outcome"]
+    n = cum.count(np.ones(len(offsets), dtype=bool))
+    offset = cum.column("implied_offset")
+    return {
+        f"{prefix}_n": n,
+        f"{prefix}_share_small": cum.count((outcome == "too_small").to_numpy()) / n,
+        f"{prefix}_share_large": cum.count((outcome == "too_large").to_numpy()) / n,
+        f"{prefix}_mean_offset": _ratio(cum.total(_filled(offset)), cum.count(~np.isnan(offset))),
+    }
+
+
 def user_history_table(offsets: pd.DataFrame) -> pd.DataFrame:
     """The shopper's fit history after each instant they gave feedback (stamped just after)."""
     cum = _Cumulative(offsets, "user_id")
     stamped = cum.stamped()
-    outcome = offsets["outcome"]
-    n = cum.count(np.ones(len(offsets), dtype=bool))
-    offset = cum.column("implied_offset")
     item_off = cum.column("item_off")
     out = pd.DataFrame(
         {
             "user_id": cum.ids(),
             "event_timestamp": stamped,
             CREATED_TIMESTAMP: stamped,
-            "hist_n": n,
-            "hist_share_small": cum.count((outcome == "too_small").to_numpy()) / n,
-            "hist_share_large": cum.count((outcome == "too_large").to_numpy()) / n,
-            "hist_mean_offset": _ratio(cum.total(_filled(offset)), cum.count(~np.isnan(offset))),
-            "hist_last_offset": cum.last(offset),
+            **_feedback_mix(cum, offsets, "hist"),
+            "hist_last_offset": cum.last(cum.column("implied_offset")),
             # One pseudo-event at offset 0 shrinks a short history towards "wears each
             # product's typical size".
             "hist_item_offset": cum.total(_filled(item_off))
@@ -529,9 +540,6 @@ def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
     """Everyone's feedback on the product after each instant (stamped just after)."""
     cum = _Cumulative(offsets, "product_id")
     stamped = cum.stamped()
-    outcome = offsets["outcome"]
-    n = cum.count(np.ones(len(offsets), dtype=bool))
-    offset = cum.column("implied_offset")
     size = cum.column("size_index")
     size_n = cum.count(~np.isnan(size))
     implied = cum.column("implied_index")
@@ -541,10 +549,7 @@ def product_stats_table(offsets: pd.DataFrame) -> pd.DataFrame:
             "product_id": cum.ids(),
             "event_timestamp": stamped,
             CREATED_TIMESTAMP: stamped,
-            "pstat_n": n,
-            "pstat_share_small": cum.count((outcome == "too_small").to_numpy()) / n,
-            "pstat_share_large": cum.count((outcome == "too_large").to_numpy()) / n,
-            "pstat_mean_offset": _ratio(cum.total(_filled(offset)), cum.count(~np.isnan(offset))),
+            **_feedback_mix(cum, offsets, "pstat"),
             "pstat_size_mean": _ratio(cum.total(_filled(size)), size_n),
             "pstat_implied_mean": _ratio(cum.total(_filled(implied)), size_n),
             "pstat_user_offset": cum.total(_filled(user_off))
