@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -50,8 +50,9 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 class AsofRetrievalJob(RetrievalJob):
     """A historical retrieval computed by one ``ASOF``-style query when first read.
 
-    ``join(encoded)`` computes the joined Arrow table (see :func:`assemble`); the DuckDB
-    and the PostgreSQL stores differ only in it.
+    ``plan()`` matches the entity rows (see :class:`JoinPlan`); the DuckDB and the PostgreSQL
+    stores differ only in it. :meth:`to_df_chunks` builds the rows a slice at a time from one
+    plan.
     """
 
     def __init__(
@@ -60,13 +61,13 @@ class AsofRetrievalJob(RetrievalJob):
         feature_refs: list[str],
         full_feature_names: bool,
         on_demand_feature_views: list[OnDemandFeatureView],
-        join: Callable[[bool], pa.Table],
+        plan: Callable[[], JoinPlan],
     ) -> None:
         self._entity_df = entity_df
         self._refs = feature_refs
         self._full_feature_names = full_feature_names
         self._odfvs = on_demand_feature_views
-        self._join = join
+        self._plan = plan
         ts = pd.to_datetime(entity_df["event_timestamp"], utc=True)
         self._metadata = RetrievalMetadata(
             features=feature_refs,
@@ -83,7 +84,7 @@ class AsofRetrievalJob(RetrievalJob):
         full_feature_names: bool,
         project: str,
         registry: BaseRegistry,
-        join: Callable[[bool], pa.Table],
+        plan: Callable[[], JoinPlan],
     ) -> AsofRetrievalJob:
         """The job for ``entity_df``, after checking it has ``event_timestamp``.
 
@@ -96,7 +97,7 @@ class AsofRetrievalJob(RetrievalJob):
                 f"{', '.join(map(str, entity_df.columns))}"
             )
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        return cls(entity_df, feature_refs, full_feature_names, odfvs, join)
+        return cls(entity_df, feature_refs, full_feature_names, odfvs, plan)
 
     @property
     def full_feature_names(self) -> bool:
@@ -122,13 +123,32 @@ class AsofRetrievalJob(RetrievalJob):
         """
         if validation_reference is not None or self._odfvs:
             return super().to_df(validation_reference=validation_reference, timeout=timeout)
-        return _to_pandas_shared(self._join(True), self._entity_df)
+        return self._to_df_internal(timeout)
+
+    def to_df_chunks(self, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        """The rows of :meth:`to_df`, ``chunk_rows`` entity rows at a time, in their order.
+
+        The entity rows are matched once; each chunk holds only its own rows' features. No
+        entity rows give one empty chunk.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows}: must be >= 1")
+        if self._odfvs:  # on-demand views are applied by Feast to a whole frame
+            whole = self.to_df()
+            for start in range(0, max(1, len(whole)), chunk_rows):
+                yield whole.iloc[start : start + chunk_rows].reset_index(drop=True)
+            return
+        plan = self._plan()
+        for start in range(0, max(1, len(self._entity_df)), chunk_rows):
+            part = self._entity_df.iloc[start : start + chunk_rows].reset_index(drop=True)
+            yield _to_pandas_shared(plan.table(part, start, encoded=True), part)
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return _to_pandas_shared(self._join(True), self._entity_df)
+        table = self._plan().table(self._entity_df, encoded=True)
+        return _to_pandas_shared(table, self._entity_df)
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        return self._join(False)
+        return self._plan().table(self._entity_df)
 
     def persist(
         self,
@@ -199,19 +219,18 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         threads = getattr(config.offline_store, "threads", None)
         repo_path = str(config.repo_path)
 
-        def join(encoded: bool) -> pa.Table:
-            return asof_join(
+        def plan() -> JoinPlan:
+            return asof_plan(
                 entity_df,
                 feature_views,
                 feature_refs,
                 full_feature_names=full_feature_names,
                 repo_path=repo_path,
                 threads=threads,
-                encoded=encoded,
             )
 
         return AsofRetrievalJob.checked(
-            entity_df, feature_refs, full_feature_names, project, registry, join
+            entity_df, feature_refs, full_feature_names, project, registry, plan
         )
 
 
@@ -266,7 +285,7 @@ def entity_key_columns(entity_df: pd.DataFrame, feature_views: list[FeatureView]
     return key_columns
 
 
-def asof_join(
+def asof_plan(
     entity_df: pd.DataFrame,
     feature_views: list[FeatureView],
     feature_refs: list[str],
@@ -274,9 +293,11 @@ def asof_join(
     full_feature_names: bool = False,
     repo_path: str = "",
     threads: int | None = None,
-    encoded: bool = False,
-) -> pa.Table:
-    """Join each row of ``entity_df`` to the latest row of each view at or before its time.
+) -> JoinPlan:
+    """Match each row of ``entity_df`` to the latest row of each view at or before its time.
+
+    One query matches all of ``entity_df``'s rows, and each view's source is read once,
+    however many slices of the plan are then built (:meth:`JoinPlan.table`).
 
     Args:
         entity_df: entity keys and ``event_timestamp``, one row per wanted output row.
@@ -285,12 +306,10 @@ def asof_join(
         full_feature_names: name output columns ``view__feature``.
         repo_path: the feature repo, for relative source paths.
         threads: DuckDB threads (default: DuckDB's).
-        encoded: return non-numeric features dictionary-encoded (indices into the source
-            column) instead of copied per row.
 
     Returns:
-        ``entity_df``'s columns, then the features, in ``entity_df``'s row order: exactly one
-        output row per entity row.
+        The plan whose tables have ``entity_df``'s columns, then the features, in
+        ``entity_df``'s row order: exactly one output row per entity row.
     """
     import duckdb
     import pyarrow.parquet as pq
@@ -375,7 +394,7 @@ def asof_join(
     for index_column, path, features, names in plans:
         source_table = pq.read_table(path, columns=features)
         picks.append((matches.column(index_column), source_table, features, names))
-    return assemble(entity_df, matches.column(_ROW), picks, encoded=encoded)
+    return JoinPlan(matches.column(_ROW), picks)
 
 
 Pick = tuple[pa.ChunkedArray | pa.Array, pa.Table, list[str], list[str]]
@@ -383,41 +402,62 @@ Pick = tuple[pa.ChunkedArray | pa.Array, pa.Table, list[str], list[str]]
 the features to take from ``table`` and the output names they get."""
 
 
-def assemble(
-    entity_df: pd.DataFrame,
-    entity_rows: pa.ChunkedArray | pa.Array,
-    picks: list[Pick],
-    *,
-    encoded: bool = False,
-) -> pa.Table:
-    """Build the joined table: ``entity_df``'s columns, then each pick's features.
+class JoinPlan:
+    """A point-in-time join's matches, turned into tables for any run of its entity rows.
 
-    Args:
-        entity_df: the entity rows, in the order the output keeps.
-        entity_rows: per match row, the position of its entity row in ``entity_df`` (a
-            permutation of ``0..n-1``: the join may return its rows in any order).
-        picks: per view, the picked source rows and what to take from them.
-        encoded: return non-numeric features dictionary-encoded (indices into the source
-            column) instead of copied per row.
+    The matching (which source row each entity row picks in each view) is done once for all
+    entity rows; :meth:`table` then builds the joined rows of one slice of them, so a training
+    set of tens of millions of rows is written in chunks without joining again per chunk.
     """
-    n = len(entity_df)
-    # Back to entity_df's order without a sort: row ids are a permutation of 0..n-1.
-    order = np.empty(n, dtype=np.int64)
-    order[np.asarray(entity_rows, dtype=np.int64)] = np.arange(n, dtype=np.int64)
-    taken = pa.array(order)
-    out = pa.Table.from_pandas(entity_df, preserve_index=False)
-    for picked, source_table, features, names in picks:
-        rows = picked.take(taken)
-        if isinstance(rows, pa.ChunkedArray):
-            rows = rows.combine_chunks()
-        for feature, name in zip(features, names, strict=True):
-            column = source_table.column(feature).combine_chunks()
-            if encoded and not _is_numeric(column.type):
-                values: pa.Array = pa.DictionaryArray.from_arrays(rows, column)
-            else:
-                values = column.take(rows)
-            out = out.append_column(name, values)
-    return out
+
+    def __init__(self, entity_rows: pa.ChunkedArray | pa.Array, picks: list[Pick]) -> None:
+        """Turn the join's matches into each view's picked rows, in the entity rows' order.
+
+        Args:
+            entity_rows: per match row, the position of its entity row (a permutation of
+                ``0..n-1``: the join may return its rows in any order).
+            picks: per view, the picked source rows and what to take from them.
+        """
+        n = len(entity_rows)
+        # Back to the entity rows' order without a sort: row ids are a permutation of 0..n-1.
+        order = np.empty(n, dtype=np.int64)
+        order[np.asarray(entity_rows, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+        taken = pa.array(order)
+        self.rows = n
+        self._views: list[tuple[pa.Array, list[pa.Array], list[str]]] = []
+        for picked, source_table, features, names in picks:
+            rows = picked.take(taken)
+            if isinstance(rows, pa.ChunkedArray):
+                rows = rows.combine_chunks()
+            columns = [source_table.column(f).combine_chunks() for f in features]
+            self._views.append((rows, columns, names))
+
+    def table(self, entity_df: pd.DataFrame, start: int = 0, *, encoded: bool = False) -> pa.Table:
+        """The joined rows of entity rows ``start .. start + len(entity_df)``.
+
+        Args:
+            entity_df: those entity rows, in the order the output keeps.
+            start: the position of ``entity_df``'s first row among the planned rows.
+            encoded: return non-numeric features dictionary-encoded (indices into the source
+                column) instead of copied per row.
+
+        Returns:
+            ``entity_df``'s columns, then each view's features.
+        """
+        if start < 0 or start + len(entity_df) > self.rows:
+            raise ValueError(
+                f"rows {start}..{start + len(entity_df)} are outside the {self.rows} planned rows"
+            )
+        out = pa.Table.from_pandas(entity_df, preserve_index=False)
+        for rows, columns, names in self._views:
+            part = rows.slice(start, len(entity_df))
+            for column, name in zip(columns, names, strict=True):
+                if encoded and not _is_numeric(column.type):
+                    values: pa.Array = pa.DictionaryArray.from_arrays(part, column)
+                else:
+                    values = column.take(part)
+                out = out.append_column(name, values)
+        return out
 
 
 def _is_numeric(kind: pa.DataType) -> bool:
@@ -454,6 +494,39 @@ def _to_pandas_shared(table: pa.Table, entity_df: pd.DataFrame | None = None) ->
         else:
             frame[name] = column.to_pandas()
     return frame
+
+
+def to_arrow_shared(frame: pd.DataFrame) -> pa.Table:
+    """``pa.Table.from_pandas(frame)``, converting shared objects once instead of once per row.
+
+    A column of :func:`_to_pandas_shared`'s objects (a product's chart arrays, one array per
+    product, referenced by each of its rows) is converted per distinct object and spread to
+    its rows by index; any other column is converted as ``from_pandas`` converts it.
+    """
+    shared = [c for c in frame.columns if _is_array_column(frame[c])]
+    table = pa.Table.from_pandas(
+        frame, columns=[c for c in frame.columns if c not in shared], preserve_index=False
+    )
+    for position, name in enumerate(frame.columns):
+        if name in shared:
+            table = table.add_column(position, name, _shared_to_arrow(frame[name].to_numpy()))
+    return table
+
+
+def _is_array_column(column: pd.Series) -> bool:
+    """Whether ``column`` holds objects whose first non-null one is a NumPy array."""
+    if column.dtype != object:
+        return False
+    present = column.first_valid_index()
+    return present is not None and isinstance(column[present], np.ndarray)
+
+
+def _shared_to_arrow(values: np.ndarray) -> pa.Array:
+    """Objects, many of them the same object, as an Arrow array (each converted once)."""
+    ids = np.fromiter(map(id, values), dtype=np.int64, count=len(values))
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    distinct = pa.array(list(values[first]), from_pandas=True)
+    return distinct.take(pa.array(inverse.astype(np.int64)))
 
 
 def _has_ties(con: Any, table: str, columns: list[str]) -> bool:

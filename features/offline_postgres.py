@@ -11,7 +11,7 @@ materialisation (``pull_latest_from_table_or_query``) and its connection setting
   (the event time in integer nanoseconds, so the join compares exactly what the DuckDB store
   compares) and one index that serves the join: ``(key, fitml_ts_ns DESC, created DESC,
   fitml_row DESC)``.
-- **The point-in-time join** (:func:`postgres_asof_join`): the entity rows are copied into
+- **The point-in-time join** (:func:`postgres_asof_plan`): the entity rows are copied into
   a temporary table and each is matched, per view, to the latest row of its entity at or
   before its time by a ``LEFT JOIN LATERAL ... ORDER BY ... LIMIT 1`` that is one index probe;
   a view's TTL bounds the probe (Feast's semantics). The join returns row ids only; each
@@ -52,7 +52,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from pydantic import model_validator
 
-from features.offline import AsofRetrievalJob, Pick, assemble, entity_key_columns
+from features.offline import AsofRetrievalJob, JoinPlan, Pick, entity_key_columns
 
 ROW_ID = "fitml_row"
 """Identity column of every feature table: insertion order, the join's last tie-break."""
@@ -190,18 +190,13 @@ class AsofPostgreSQLOfflineStore(PostgreSQLOfflineStore):
             )
         offline = config.offline_store
 
-        def join(encoded: bool) -> pa.Table:
-            return postgres_asof_join(
-                offline,
-                entity_df,
-                feature_views,
-                feature_refs,
-                full_feature_names=full_feature_names,
-                encoded=encoded,
+        def plan() -> JoinPlan:
+            return postgres_asof_plan(
+                offline, entity_df, feature_views, feature_refs, full_feature_names
             )
 
         return AsofRetrievalJob.checked(
-            entity_df, feature_refs, full_feature_names, project, registry, join
+            entity_df, feature_refs, full_feature_names, project, registry, plan
         )
 
 
@@ -422,20 +417,18 @@ def _read_features(cursor: Any, name: str, view: FeatureView, features: list[str
     return table.sort_by(ROW_ID)
 
 
-def postgres_asof_join(
+def postgres_asof_plan(
     config: Any,
     entity_df: pd.DataFrame,
     feature_views: list[FeatureView],
     feature_refs: list[str],
-    *,
     full_feature_names: bool = False,
-    encoded: bool = False,
-) -> pa.Table:
-    """Join each row of ``entity_df`` to the latest row of each view at or before its time.
+) -> JoinPlan:
+    """The point-in-time matches of ``entity_df``'s rows in PostgreSQL tables.
 
-    The same contract as :func:`features.offline.asof_join`, on PostgreSQL tables. Large
-    joins are split over ``config.workers`` connections that share one snapshot (each
-    probes its share of the entity rows), so every part sees the same tables.
+    The same contract as :func:`features.offline.asof_plan`. Large joins are split over
+    ``config.workers`` connections that share one snapshot (each probes its share of the
+    entity rows), so every part sees the same tables.
     """
     import psycopg
     from feast.infra.utils.postgres.connection_utils import _get_conn
@@ -483,7 +476,7 @@ def postgres_asof_join(
                 source_table = _read_features(cursor, name, view, features)
                 rest = (source_table, features, names)
                 picks.append((_positions(source_table, matches.column(f"v{i}")), *rest))
-    return assemble(entity_df, matches.column("pos"), picks, encoded=encoded)
+    return JoinPlan(matches.column("pos"), picks)
 
 
 def _positions(source_table: pa.Table, picked: pa.ChunkedArray) -> pa.Array:

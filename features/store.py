@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,8 +267,16 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
     Raises:
         TrainingSetError: when the join lost or duplicated rows.
     """
-    if events is None:
-        events = read_events(settings)
+    entity_df = _entity_rows(read_events(settings) if events is None else events)
+    return next(_training_chunks(settings, entity_df, max(1, len(entity_df))))
+
+
+def _entity_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """The label columns of ``events`` in event-time order (stable), checked for repeats.
+
+    Raises:
+        TrainingSetError: an ``event_id`` repeats.
+    """
     entity_df = events[list(LABEL_COLUMNS)].copy()
     entity_df["event_timestamp"] = utc_ns(entity_df["event_timestamp"])
     ts = entity_df["event_timestamp"].to_numpy(dtype="datetime64[ns]").view("i8")
@@ -280,39 +289,69 @@ def training_set(settings: Settings, events: pd.DataFrame | None = None) -> pd.D
             f"events repeat event_id {dupes}: event_id is the idempotency key; "
             "deduplicate the events (read_events does) before building a training set"
         )
+    return entity_df
+
+
+def _training_chunks(
+    settings: Settings, entity_df: pd.DataFrame, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The training rows of ``entity_df`` (see :func:`training_set`), ``chunk_rows`` at a time."""
     store = open_store(settings)
     service = store.get_feature_service(FEATURE_SERVICE)
-    joined = _join(store, service, entity_df)
+    joined = _joined_chunks(store, service, entity_df, chunk_rows)
+    history = None
     folds = HistoryFolds.read(feature_source_dir(settings))
     if folds is not None:
         as_of = entity_df.assign(event_timestamp=folds.as_of(entity_df["event_id"]))
-        history = _join(store, service, as_of)
-        for view in PUSHED_VIEWS:
-            for name, _ in VIEW_FIELDS[view]:
-                joined[name] = history[name].to_numpy()
-    return request_features(joined)
+        history = _joined_chunks(store, service, as_of, chunk_rows)
+    for chunk in joined:
+        if history is not None:
+            past = next(history)
+            for view in PUSHED_VIEWS:
+                for name, _ in VIEW_FIELDS[view]:
+                    chunk[name] = past[name].to_numpy()
+        yield request_features(chunk)
 
 
-def _join(store: Any, service: Any, entity_df: pd.DataFrame) -> pd.DataFrame:
-    """The feature service joined to ``entity_df``, one row per entity row, in its order.
+def _joined_chunks(
+    store: Any, service: Any, entity_df: pd.DataFrame, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The feature service joined to ``entity_df``, ``chunk_rows`` rows at a time, in its order.
+
+    fitml's offline stores match every row once and build the chunks from that one match;
+    another store is asked once per chunk.
 
     Raises:
         TrainingSetError: when the join lost or duplicated rows.
     """
-    joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-    if len(joined) != len(entity_df) or not joined["event_id"].is_unique:
-        raise TrainingSetError(
-            f"point-in-time join returned {len(joined)} rows "
-            f"({joined['event_id'].nunique()} distinct events) for {len(entity_df)} events"
+    job = store.get_historical_features(entity_df=entity_df, features=service)
+    if hasattr(job, "to_df_chunks"):
+        chunks = job.to_df_chunks(chunk_rows)
+    else:
+        chunks = (
+            store.get_historical_features(
+                entity_df=entity_df.iloc[start : start + chunk_rows].reset_index(drop=True),
+                features=service,
+            ).to_df()
+            for start in range(0, max(1, len(entity_df)), chunk_rows)
         )
-    if not joined["event_id"].equals(entity_df["event_id"]):
-        # The ASOF store keeps entity_df's order; another offline store may not.
-        joined = joined.set_index("event_id").loc[entity_df["event_id"]].reset_index()
-    return joined
+    start = 0
+    for joined in chunks:
+        wanted = entity_df["event_id"].iloc[start : start + chunk_rows].reset_index(drop=True)
+        start += len(wanted)
+        if len(joined) != len(wanted) or not joined["event_id"].is_unique:
+            raise TrainingSetError(
+                f"point-in-time join returned {len(joined)} rows "
+                f"({joined['event_id'].nunique()} distinct events) for {len(wanted)} events"
+            )
+        if not joined["event_id"].equals(wanted):
+            # The ASOF stores keep entity_df's order; another offline store may not.
+            joined = joined.set_index("event_id").loc[wanted].reset_index()
+        yield joined
 
 
 TRAINING_SET_CHUNK_ROWS = 1_000_000
-"""Events per point-in-time join when the training set is written to a file."""
+"""Events built and written per chunk when the training set is written to a file."""
 TRAINING_SET_ROW_GROUP_ROWS = 100_000
 """Rows per parquet row group of that file: a Dask fit reads one partition per row group."""
 
@@ -325,9 +364,10 @@ def write_training_set(
 ) -> int:
     """Build the training set in event-time chunks straight into a parquet file.
 
-    Each chunk of ``chunk_rows`` events is joined and written as it is built, so memory holds
-    one chunk's rows, never the whole set: the way to build tens of millions of rows. The file
-    has the rows :func:`training_set` returns, in event-time order, in row groups of at most
+    The events are matched to their features once; each chunk of ``chunk_rows`` events is
+    then built from that match and written, so memory holds one chunk's rows, never the whole
+    set: the way to build tens of millions of rows. The file has the rows
+    :func:`training_set` returns, in event-time order, in row groups of at most
     ``TRAINING_SET_ROW_GROUP_ROWS``; it appears only when complete.
 
     Returns:
@@ -336,23 +376,22 @@ def write_training_set(
     Raises:
         TrainingSetError: a chunk's join lost or duplicated rows.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from features.offline import to_arrow_shared
 
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows}: must be >= 1")
-    if events is None:
-        events = read_events(settings)
-    ts = utc_ns(events["event_timestamp"]).to_numpy(dtype="datetime64[ns]").view("i8")
-    events = events.iloc[np.argsort(ts, kind="stable")].reset_index(drop=True)
+    entity_df = _entity_rows(read_events(settings) if events is None else events)
+    if entity_df.empty:
+        raise TrainingSetError("no events to build a training set from")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     writer: Any = None
     rows = 0
     try:
-        for start in range(0, len(events), chunk_rows):
-            frame = training_set(settings, events.iloc[start : start + chunk_rows])
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+        for frame in _training_chunks(settings, entity_df, chunk_rows):
+            table = to_arrow_shared(frame)
             del frame
             if writer is None:
                 writer = pq.ParquetWriter(partial, table.schema)
@@ -360,8 +399,6 @@ def write_training_set(
                 table = table.cast(writer.schema)
             writer.write_table(table, row_group_size=min(chunk_rows, TRAINING_SET_ROW_GROUP_ROWS))
             rows += table.num_rows
-        if writer is None:
-            raise TrainingSetError("no events to build a training set from")
         writer.close()
         writer = None
         partial.replace(path)

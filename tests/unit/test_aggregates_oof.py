@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from features.aggregates import HistoryFolds, build_feature_tables, event_folds
 from features.definitions import PRODUCT_STATS_FIELDS, USER_HISTORY_FIELDS, build_definitions
-from features.offline import asof_join
+from features.offline import asof_plan
 
 USERS, PRODUCTS, CHARTS, _events = pit.USERS, pit.PRODUCTS, pit.CHARTS, pit._events
 
@@ -58,7 +58,8 @@ def _join(tables: object, folds: HistoryFolds, rows: pd.DataFrame) -> pd.DataFra
         entity_df = rows[["event_id", "user_id", "product_id"]].assign(
             event_timestamp=folds.as_of(rows["event_id"])
         )
-        joined = asof_join(entity_df, views, refs, repo_path=directory).to_pandas()
+        plan = asof_plan(entity_df, views, refs, repo_path=directory)
+        joined = plan.table(entity_df).to_pandas()
     return joined.set_index("event_id")[HISTORY]
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from features.aggregates import build_feature_tables
 from features.definitions import PRODUCT_STATS_FIELDS, USER_HISTORY_FIELDS, build_definitions
-from features.offline import asof_join
+from features.offline import asof_plan
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 USERS = pd.DataFrame(
@@ -96,7 +96,8 @@ def test_no_row_sees_its_own_or_a_later_event(rows: list[tuple[str, str, int, st
         views = [v for v in definitions.views if v.name in ("user_history", "product_stats")]
         refs = [f"{v.name}:{f.name}" for v in views for f in v.features]
         entity_df = events[["event_id", "user_id", "product_id", "event_timestamp"]]
-        joined = asof_join(entity_df, views, refs, repo_path=directory).to_pandas()
+        plan = asof_plan(entity_df, views, refs, repo_path=directory)
+        joined = plan.table(entity_df).to_pandas()
 
     assert joined["event_id"].tolist() == events["event_id"].tolist()
     for position, ev in events.iterrows():

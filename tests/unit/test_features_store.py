@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from features import store as fs
 from features.definitions import FIT_MODEL_FEATURES
 from features.feedback import FeedbackError, push_feedback
+from features.offline import to_arrow_shared
 from features.transforms import request_features
 from ml_pipeline.ingest import ingest_synthetic
 from ml_pipeline.settings import Settings, load_settings
@@ -76,6 +78,49 @@ def test_training_set_written_in_chunks_equals_the_one_built_whole(
     assert pq.ParquetFile(path).num_row_groups == 3
     pd.testing.assert_frame_equal(pd.read_parquet(path), training)
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("history", ["point_in_time", "oof"])
+def test_chunks_from_one_match_equal_each_chunk_joined_on_its_own(
+    raw: Path, tmp_path: Path, history: str
+) -> None:
+    """The file's chunks come from one match of all events; joining each chunk's events on
+    its own (a join per chunk) must give the same rows, in either history mode."""
+    settings = load_settings("local", tmp_path / "work")
+    ingest_synthetic(raw, settings.workdir)
+    feast = settings.feast.model_copy(update={"history": history})
+    settings = settings.model_copy(update={"feast": feast})
+    fs.apply(settings)
+    events = fs.read_events(settings)
+    path = tmp_path / "rows.parquet"
+    chunk = len(events) // 4 + 1
+    assert fs.write_training_set(settings, path, chunk_rows=chunk) == len(events)
+    ordered = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+    one_by_one = pd.concat(
+        [
+            fs.training_set(settings, ordered.iloc[i : i + chunk])
+            for i in range(0, len(events), chunk)
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(path), one_by_one)
+    assert one_by_one["hist_n"].notna().mean() > 0.5  # histories are there to compare
+
+
+def test_shared_chart_arrays_convert_to_the_arrow_from_pandas_gives(
+    training: pd.DataFrame,
+) -> None:
+    charts = [c for c in training.columns if c.startswith("chart_") and training[c].dtype == object]
+    assert {"chart_sizes", "chart_low"} <= set(charts)
+    # One array object per product, referenced by each of its rows: converted once each.
+    assert training["chart_low"].map(id).nunique() <= training["product_id"].nunique() + 1
+    frame = training.copy()
+    frame.loc[frame.index[::7], "chart_low"] = None  # a product row without a chart
+    ours = to_arrow_shared(frame)
+    theirs = pa.Table.from_pandas(frame, preserve_index=False)
+    assert ours.column_names == theirs.column_names
+    for name in theirs.column_names:
+        assert ours.column(name).equals(theirs.column(name)), name
 
 
 def test_truncated_ingest_gives_identical_rows_before_cutoff(
