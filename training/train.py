@@ -58,14 +58,17 @@ class TrainResult:
 
 
 def load_training_set(settings: Settings, rebuild: bool = False) -> pd.DataFrame:
-    """The work directory's training set, built through the feature store when missing."""
+    """The work directory's training set, built through the feature store when missing.
+
+    It is built in event-time chunks straight into its file
+    (:func:`features.store.write_training_set`), so the build never holds more than one
+    chunk's rows besides the set that is read back.
+    """
     path = settings.workdir / TRAINING_SET_FILE
     if rebuild or not path.is_file():
-        from features.store import training_set
+        from features.store import write_training_set
 
-        frame = training_set(settings)
-        frame.to_parquet(path, index=False)
-        return frame
+        write_training_set(settings, path)
     return pd.read_parquet(path)
 
 
