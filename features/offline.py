@@ -285,6 +285,10 @@ def entity_key_columns(entity_df: pd.DataFrame, feature_views: list[FeatureView]
     return key_columns
 
 
+MATCH_BLOCK_ROWS = 4_000_000
+"""Entity rows per ``ASOF`` query of :func:`asof_plan` (each query rescans the sources' keys)."""
+
+
 def asof_plan(
     entity_df: pd.DataFrame,
     feature_views: list[FeatureView],
@@ -315,24 +319,26 @@ def asof_plan(
     import pyarrow.parquet as pq
 
     n = len(entity_df)
-    ts = pd.to_datetime(entity_df["event_timestamp"], utc=True)
     key_columns = entity_key_columns(entity_df, feature_views)
-    keys_table = pa.table(
-        {
-            **{
-                k: pa.array(entity_df[k].astype(object).to_numpy(), pa.string())
-                for k in key_columns
-            },
-            _TS: pa.array(ts.to_numpy(dtype="datetime64[ns]").view("i8")),
-            _ROW: pa.array(np.arange(n, dtype=np.int64)),
-        }
-    )
+
+    def entity_block(start: int, stop: int) -> pa.Table:
+        rows = entity_df.iloc[start:stop]
+        ts = pd.to_datetime(rows["event_timestamp"], utc=True)
+        return pa.table(
+            {
+                **{
+                    k: pa.array(rows[k].astype(object).to_numpy(), pa.string()) for k in key_columns
+                },
+                _TS: pa.array(ts.to_numpy(dtype="datetime64[ns]").view("i8")),
+                _ROW: pa.array(np.arange(start, stop, dtype=np.int64)),
+            }
+        )
+
     plans = []
     con = duckdb.connect()
     try:
         if threads:
             con.execute(f"SET threads TO {int(threads)}")
-        con.register("entity_rows", keys_table)
         selects = [f"e.{_ROW}"]
         joins = []
         for i, view in enumerate(feature_views):
@@ -385,7 +391,13 @@ def asof_plan(
             names = [f"{prefix}__{f}" if full_feature_names else f for f in features]
             plans.append((f"__i{i}", path, features, names))
         query = f"SELECT {', '.join(selects)} FROM entity_rows e {' '.join(joins)}"
-        matches: pa.Table = con.sql(query).to_arrow_table()
+        blocks = []
+        # Entity rows are matched a block at a time: the query's memory is one block's.
+        for start in range(0, max(1, n), MATCH_BLOCK_ROWS):
+            con.register("entity_rows", entity_block(start, min(n, start + MATCH_BLOCK_ROWS)))
+            blocks.append(con.sql(query).to_arrow_table())
+            con.unregister("entity_rows")
+        matches = pa.concat_tables(blocks)
     finally:
         con.close()
     if matches.num_rows != n:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features import offline
 from features import store as fs
 from features.definitions import FIT_MODEL_FEATURES
 from features.feedback import FeedbackError, push_feedback
@@ -82,10 +83,12 @@ def test_training_set_written_in_chunks_equals_the_one_built_whole(
 
 @pytest.mark.parametrize("history", ["point_in_time", "oof"])
 def test_chunks_from_one_match_equal_each_chunk_joined_on_its_own(
-    raw: Path, tmp_path: Path, history: str
+    raw: Path, tmp_path: Path, history: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The file's chunks come from one match of all events; joining each chunk's events on
-    its own (a join per chunk) must give the same rows, in either history mode."""
+    """The file's chunks come from one match of all events (its queries in blocks of rows
+    that are not the chunks); joining each chunk's events on its own must give the same
+    rows, in either history mode."""
+    monkeypatch.setattr(offline, "MATCH_BLOCK_ROWS", 301)
     settings = load_settings("local", tmp_path / "work")
     ingest_synthetic(raw, settings.workdir)
     feast = settings.feast.model_copy(update={"history": history})
