@@ -253,8 +253,18 @@ def create_shared_study(
     return study
 
 
+def model_columns(features: Sequence[str]) -> list[str]:
+    """The training-set columns a model is tuned and fitted from.
+
+    Its ``features``, the label, and what the size target and the time windows are computed
+    from; tuning workers and Dask workers read only these.
+    """
+    return list(dict.fromkeys([*features, "outcome", "size_index", "event_timestamp"]))
+
+
 def _window_frames(spec: StudySpec, data_path: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    frame = pd.read_parquet(data_path or spec.data_path)
+    columns = model_columns(_MODELS[spec.model].features)
+    frame = pd.read_parquet(data_path or spec.data_path, columns=columns)
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
     valid_start = pd.Timestamp(spec.valid_start)
     test_start = pd.Timestamp(spec.test_start)
@@ -483,7 +493,10 @@ def tune_in_workers(
     name = study_name or f"fitml-{model}-{int(time.time())}-{os.getpid()}"
     data_dir.mkdir(parents=True, exist_ok=True)
     data_path = data_dir / f"{name}.parquet"
-    rows = pd.concat([train, valid])
+    if model not in _MODELS:
+        raise InvalidValueError("model", model, "is not a fitml model", "use fit or size")
+    columns = model_columns(_MODELS[model].features)
+    rows = pd.concat([train[columns], valid[columns]])
     rows.to_parquet(data_path, index=False)
     active = mlflow.active_run()
     spec = StudySpec(
@@ -621,8 +634,7 @@ def fit_on_dask(
     from lightgbm.dask import DaskLGBMClassifier, DaskLGBMRegressor
 
     paths: Any = [str(p) for p in data] if isinstance(data, list | tuple) else str(data)
-    needed = list(dict.fromkeys([*model.features, "outcome", "size_index", "event_timestamp"]))
-    ddf = dd.read_parquet(paths, columns=needed, split_row_groups=True)
+    ddf = dd.read_parquet(paths, columns=model_columns(model.features), split_row_groups=True)
     if before is not None:
         ddf = ddf[ddf["event_timestamp"] < before]
     categorical = [c for c in CATEGORICAL_FEATURES if c in model.features]

@@ -15,10 +15,13 @@ from ml_pipeline.errors import InvalidValueError
 from training.distributed import (
     StudyFullError,
     StudySpec,
+    _window_frames,
     create_shared_study,
+    model_columns,
     shared_storage,
     write_partitions,
 )
+from training.models import FitModel
 
 
 def _spec(n_trials: int) -> StudySpec:
@@ -86,6 +89,28 @@ def test_a_study_not_made_by_fitml_is_refused_by_name(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="foreign")
     with pytest.raises(InvalidValueError, match="foreign"):
         StudySpec.load(study)
+
+
+def test_a_tuning_worker_reads_only_the_models_columns_of_its_windows(tmp_path: Path) -> None:
+    columns = model_columns(FitModel.features)
+    assert {"outcome", "size_index", "event_timestamp", *FitModel.features} == set(columns)
+    times = pd.date_range("2025-12-20", "2026-02-20", periods=60, tz="UTC")
+    rows = pd.DataFrame({c: np.nan for c in columns if c != "event_timestamp"}, index=times)
+    rows = rows.rename_axis("event_timestamp").reset_index()
+    rows["outcome"] = "fit"
+    rows["chart_sizes"] = [np.array(["S", "M"])] * len(rows)  # in the set, not in the model
+    rows["user_id"] = "u1"
+    path = tmp_path / "rows.parquet"
+    rows.to_parquet(path, index=False)
+    train, valid = _window_frames(_spec(2), str(path))
+    assert list(train.columns) == list(valid.columns) == columns
+    assert (train["event_timestamp"] < pd.Timestamp("2026-01-01", tz="UTC")).all()
+    assert (
+        valid["event_timestamp"]
+        .between(pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-02-01", tz="UTC"), "left")
+        .all()
+    )
+    assert len(train) + len(valid) < len(rows)  # the test window is not read for tuning
 
 
 def test_write_partitions_keeps_every_row_once(tmp_path: Path) -> None:
