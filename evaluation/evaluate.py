@@ -371,6 +371,8 @@ def _scores(rows: dict[str, Any], mask: np.ndarray, *, full: bool = False) -> di
     out: dict[str, float] = {}
     y, tried, outcome = rows["y"][mask], rows["tried"][mask], rows["outcome"][mask]
     out.update({f"fit_{k}": v for k, v in _safe_fit_metrics(y, rows["fit"][mask], full).items()})
+    if full:  # how far the test rows alone let the mean AUC move
+        out["fit_mean_auc_se"] = metrics.mean_auc_se(y, rows["fit"][mask])
     if "logreg" in rows:
         logreg = _safe_fit_metrics(y, rows["logreg"][mask], full)
         out.update({f"logreg_{k}": v for k, v in logreg.items()})

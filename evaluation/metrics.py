@@ -115,6 +115,49 @@ def multiclass_auc(
     return result
 
 
+BOOTSTRAP_REPLICATES = 100
+"""Resamples behind :func:`mean_auc_se`."""
+BOOTSTRAP_MAX_ROWS = 100_000
+"""Rows per resample of :func:`mean_auc_se`; a larger test set's error is scaled from it."""
+
+
+def mean_auc_se(
+    y: ArrayLike,
+    proba: ArrayLike,
+    *,
+    replicates: int = BOOTSTRAP_REPLICATES,
+    max_rows: int = BOOTSTRAP_MAX_ROWS,
+    seed: int = 0,
+) -> float:
+    """Bootstrap standard error of :func:`multiclass_auc`'s ``mean_auc`` over the rows.
+
+    Rows are resampled with replacement ``replicates`` times (seeded, so the figure repeats).
+    A test set of more than ``max_rows`` rows is resampled ``max_rows`` at a time and the
+    error scaled by ``sqrt(max_rows / n)``, its size's standard error to first order.
+
+    Returns:
+        The standard deviation of the resampled means, or NaN with fewer than two resamples
+        whose mean is defined.
+
+    Raises:
+        InvalidValueError: as :func:`multiclass_auc`, or for ``replicates`` < 2.
+    """
+    if replicates < 2:
+        raise InvalidValueError("replicates", replicates, "must be >= 2")
+    labels, p = _labels_and_proba(y, proba)
+    n = labels.size
+    size = min(n, max_rows)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(replicates):
+        rows = rng.integers(0, n, size=size)
+        means.append(multiclass_auc(labels[rows], p[rows])["mean_auc"])
+    defined = np.array([m for m in means if not np.isnan(m)])
+    if defined.size < 2:
+        return float("nan")
+    return float(defined.std(ddof=1) * np.sqrt(size / n))
+
+
 def log_loss(y: ArrayLike, proba: ArrayLike) -> float:
     """Mean negative log-likelihood of the true class (natural log; probabilities clipped).
 

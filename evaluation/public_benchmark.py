@@ -131,7 +131,8 @@ def run_renttherunway(
         folds: Folds of the ``oof`` history (None: the settings' default).
 
     Returns:
-        ``mean_auc``, ``auc_small``, ``auc_fit``, ``auc_large``, ``log_loss``, ``brier``,
+        ``mean_auc`` (and its bootstrap standard error over the scored rows,
+        ``mean_auc_se``), ``auc_small``, ``auc_fit``, ``auc_large``, ``log_loss``, ``brier``,
         ``ece`` of the fit model on the scored rows, the logistic-regression baseline's
         ``logreg_mean_auc``, ``n_train``, ``n_valid``, ``n_test``, ``protocol``, ``split``,
         ``seed``, ``history``, ``folds``, ``n_features``, ``timings_s``,
@@ -216,6 +217,7 @@ def run_renttherunway(
         "history": history,
         "folds": settings.feast.folds if history == "oof" else None,
         "mean_auc": m["fit_mean_auc"],
+        "mean_auc_se": m.get("fit_mean_auc_se"),
         **{f"auc_{k}": m[f"fit_auc_{o}"] for k, o in zip(CLASS_KEYS, OUTCOMES, strict=True)},
         "log_loss": m.get("fit_log_loss"),
         "brier": m.get("fit_brier"),
@@ -260,4 +262,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'fitml LightGBM (this run)':<34} {result['mean_auc']:>8.3f} "
         f"{result['auc_small']:>7.3f} {result['auc_fit']:>7.3f} {result['auc_large']:>7.3f}"
     )
+    se = result.get("mean_auc_se")
+    if se is not None and se == se:  # absent from older JSON; NaN when undefined
+        lines.append(f"(standard error of this run's mean AUC over its scored rows: {se:.4f})")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from evaluation.metrics import (
     exact_size_accuracy,
     expected_calibration_error,
     log_loss,
+    mean_auc_se,
     multiclass_auc,
     size_accuracy,
     within_one_size_accuracy,
@@ -119,3 +120,36 @@ def test_bad_inputs_name_the_value(y: list, proba: object, match: str) -> None:
 def test_size_accuracy_shape_mismatch() -> None:
     with pytest.raises(InvalidValueError, match="predicted_index"):
         exact_size_accuracy([1, 2], [1])
+
+
+def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of a fixed, moderately informative 3-class model."""
+    y = rng.integers(0, 3, size=n)
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), y] += 1.0
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_mean_auc_se_matches_the_spread_over_fresh_test_sets() -> None:
+    """The bootstrap's error from one test set is close to the real spread of mean AUC
+    over many independent test sets of that size from the same model."""
+    rng = np.random.default_rng(1)
+    spread = np.std([multiclass_auc(*_draw(rng, 3_000))["mean_auc"] for _ in range(300)], ddof=1)
+    estimates = [mean_auc_se(*_draw(rng, 3_000), seed=s) for s in range(5)]
+    assert 0.75 * spread < np.median(estimates) < 1.3 * spread
+
+
+def test_mean_auc_se_repeats_and_scales_a_large_set_from_its_resamples() -> None:
+    y, proba = _draw(np.random.default_rng(2), 40_000)
+    whole = mean_auc_se(y, proba, seed=3)
+    assert whole == mean_auc_se(y, proba, seed=3)
+    scaled = mean_auc_se(y, proba, seed=3, max_rows=10_000)
+    assert 0.7 * whole < scaled < 1.4 * whole  # 1/4 of the rows, error scaled by sqrt(1/4)
+    assert mean_auc_se(y[:10_000], proba[:10_000], seed=3) > 1.5 * whole
+
+
+def test_mean_auc_se_needs_two_replicates_and_defined_aucs() -> None:
+    with pytest.raises(InvalidValueError, match="replicates"):
+        mean_auc_se([0, 1, 2], np.full((3, 3), 1 / 3), replicates=1)
+    assert math.isnan(mean_auc_se([1, 1, 1], np.full((3, 3), 1 / 3)))
