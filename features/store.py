@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -128,11 +128,20 @@ class ApplyResult:
     seconds: float
 
 
+ASOF_OFFLINE_STORES: Final = (
+    "features.offline.AsofDuckDBOfflineStore",
+    "features.offline_postgres.AsofPostgreSQLOfflineStore",
+)
+"""fitml's offline stores: each matches every entity row once (:mod:`features.offline`)."""
+
+
+def _offline_store_type(store: Any) -> str:
+    return str(getattr(store.config.offline_store, "type", ""))
+
+
 def uses_postgres(store: Any) -> bool:
     """Whether the store's offline tables live in PostgreSQL (the ``prod`` profile)."""
-    return str(getattr(store.config.offline_store, "type", "")).endswith(
-        "AsofPostgreSQLOfflineStore"
-    )
+    return _offline_store_type(store) == ASOF_OFFLINE_STORES[1]
 
 
 def apply(settings: Settings) -> ApplyResult:
@@ -324,8 +333,14 @@ def _joined_chunks(
     Raises:
         TrainingSetError: when the join lost or duplicated rows.
     """
-    job = store.get_historical_features(entity_df=entity_df, features=service)
-    if hasattr(job, "to_df_chunks"):
+    # Only fitml's stores build chunks from one match: another store is not asked for the
+    # whole set, which it might start computing (or uploading) at once.
+    job = (
+        store.get_historical_features(entity_df=entity_df, features=service)
+        if _offline_store_type(store) in ASOF_OFFLINE_STORES
+        else None
+    )
+    if job is not None and hasattr(job, "to_df_chunks"):
         chunks = job.to_df_chunks(chunk_rows)
     else:
         chunks = (

@@ -258,3 +258,24 @@ def test_asof_store_equals_feasts_duckdb_join(world: Settings, tmp_path: Path) -
     ours = fs.training_set(world)
     theirs = fs.training_set(stock)
     pd.testing.assert_frame_equal(_features(ours), _features(theirs))
+
+
+class _StockStore:
+    """A feature store whose offline store is not one of fitml's: it records what it is asked."""
+
+    def __init__(self, store_type: str) -> None:
+        self.config = type("Config", (), {"offline_store": type("C", (), {"type": store_type})})
+        self.asked: list[int] = []
+
+    def get_historical_features(self, entity_df: pd.DataFrame, features: object) -> object:
+        self.asked.append(len(entity_df))
+        rows = entity_df[::-1].reset_index(drop=True)  # another store may change the order
+        return type("Job", (), {"to_df": staticmethod(lambda: rows)})
+
+
+def test_another_offline_store_is_asked_once_per_chunk_never_for_the_whole_set() -> None:
+    store = _StockStore("duckdb")
+    events = pd.DataFrame({"event_id": [f"e{i}" for i in range(10)]})
+    chunks = list(fs._joined_chunks(store, None, events, chunk_rows=4))
+    assert store.asked == [4, 4, 2]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), events)
