@@ -237,8 +237,7 @@ def create_shared_study(
         raise InvalidValueError(
             "points", len(points), f"exceed the study's {spec.n_trials} trials", "queue fewer"
         )
-    if spec.model not in _MODELS:
-        raise InvalidValueError("model", spec.model, "is not a fitml model", "use fit or size")
+    model_class(spec.model)
     if spec.n_trials < 1:
         raise InvalidValueError("n_trials", spec.n_trials, "must be >= 1")
     try:
@@ -253,6 +252,18 @@ def create_shared_study(
     return study
 
 
+def model_class(model: str) -> type[FitModel] | type[SizeModel]:
+    """The model class named ``model`` (``fit`` or ``size``).
+
+    Raises:
+        InvalidValueError: ``model`` names no fitml model.
+    """
+    try:
+        return _MODELS[model]
+    except KeyError:
+        raise InvalidValueError("model", model, "is not a fitml model", "use fit or size") from None
+
+
 def model_columns(features: Sequence[str]) -> list[str]:
     """The training-set columns a model is tuned and fitted from.
 
@@ -263,7 +274,7 @@ def model_columns(features: Sequence[str]) -> list[str]:
 
 
 def _window_frames(spec: StudySpec, data_path: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    columns = model_columns(_MODELS[spec.model].features)
+    columns = model_columns(model_class(spec.model).features)
     frame = pd.read_parquet(data_path or spec.data_path, columns=columns)
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
     valid_start = pd.Timestamp(spec.valid_start)
@@ -284,7 +295,7 @@ def tuning_inputs(
     model: str, train: pd.DataFrame, valid: pd.DataFrame
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, dict[str, Any], list[str]]:
     """Encoded matrices, targets, objective and categorical columns to tune ``model`` on."""
-    cls = _MODELS[model]
+    cls = model_class(model)
     encoder = TabularEncoder(cls.features, CATEGORICAL_FEATURES).fit(train)
     if cls is FitModel:
         targets = (FitModel.labels(train["outcome"]), FitModel.labels(valid["outcome"]))
@@ -485,6 +496,7 @@ def tune_in_workers(
     """
     if workers < 1:
         raise InvalidValueError("workers", workers, "must be >= 1")
+    columns = model_columns(model_class(model).features)
     import mlflow
 
     storage = shared_storage(
@@ -493,9 +505,6 @@ def tune_in_workers(
     name = study_name or f"fitml-{model}-{int(time.time())}-{os.getpid()}"
     data_dir.mkdir(parents=True, exist_ok=True)
     data_path = data_dir / f"{name}.parquet"
-    if model not in _MODELS:
-        raise InvalidValueError("model", model, "is not a fitml model", "use fit or size")
-    columns = model_columns(_MODELS[model].features)
     rows = pd.concat([train[columns], valid[columns]])
     rows.to_parquet(data_path, index=False)
     active = mlflow.active_run()
