@@ -9,7 +9,7 @@ Servers (started one at a time, so they never share the CPU with each other):
 - ``mlflow``: ``mlflow models serve`` of the champion fit model, ``POST /invocations`` with
   the same candidate rows (features precomputed): a model-only floor.
 
-A closed-loop load generator (asyncio + uvloop, raw HTTP/1.1 keep-alive, one process) drives
+The closed-loop load generator of :mod:`tests.benchmarks.load` (raw HTTP/1.1, one process) drives
 each at 1, 8 and 32 concurrent clients and counts non-2xx answers (a run with any is
 invalid). Results: ``bench_serving.json`` under ``$FITML_BENCH_DIR`` (default
 ``<workdir>/bench``) and a table with ratios to the floors.
@@ -21,7 +21,6 @@ Run: ``make bench`` (pytest, marker ``benchmark``), or directly
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -33,154 +32,18 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .load import LoadResult, run_load
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 CONCURRENCY = (1, 8, 32)
 TARGETS = {"p99_ms_c8": 25.0, "rps_c8": 600.0, "rps_ratio_fastapi_c8": 0.5, "cold_start_s": 10.0}
-
-
-# -- load generator ---------------------------------------------------------------------------
-
-
-@dataclass
-class LoadResult:
-    """One closed-loop run against one endpoint at one concurrency."""
-
-    server: str
-    concurrency: int
-    seconds: float
-    requests: int
-    non_2xx: int
-    errors: int
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    reconnects: int = 0
-    """Connections the server closed (``Connection: close``) that the client opened again."""
-
-
-def _request_bytes(port: int, path: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _client(
-    port: int,
-    requests: Sequence[bytes],
-    offset: int,
-    deadline: float,
-    latencies: list[float],
-    counts: dict[str, int],
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    i = offset
-    try:
-        while time.perf_counter() < deadline:
-            payload = requests[i % len(requests)]
-            i += 1
-            started = time.perf_counter()
-            if writer.is_closing():  # the server closed the last one: connect again (as wrk)
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                counts["reconnects"] += 1
-            writer.write(payload)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            chunked = False
-            close = False
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                lname = name.strip().lower()
-                if lname == b"content-length":
-                    length = int(value)
-                elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-                elif lname == b"connection" and b"close" in value.lower():
-                    close = True
-            if chunked:
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                    await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-            elif length:
-                await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            if close:
-                writer.close()
-            if not 200 <= status < 300:
-                counts["non_2xx"] += 1
-    except (OSError, asyncio.IncompleteReadError, ValueError):
-        counts["errors"] += 1
-    finally:
-        writer.close()
-
-
-async def _load(
-    port: int, requests: Sequence[bytes], concurrency: int, seconds: float
-) -> tuple[list[float], dict[str, int], float]:
-    latencies: list[float] = []
-    counts = {"non_2xx": 0, "errors": 0, "reconnects": 0}
-    started = time.perf_counter()
-    deadline = started + seconds
-    await asyncio.gather(
-        *(
-            _client(port, requests, k * 7919, deadline, latencies, counts)
-            for k in range(concurrency)
-        )
-    )
-    return latencies, counts, time.perf_counter() - started
-
-
-def run_load(
-    server: str,
-    port: int,
-    path: str,
-    bodies: Sequence[bytes],
-    concurrency: int,
-    seconds: float,
-    warmup: float = 1.0,
-) -> LoadResult:
-    """Drive ``POST path`` closed-loop with ``concurrency`` keep-alive clients."""
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    requests = [_request_bytes(port, path, b) for b in bodies]
-    runner(_load(port, requests, concurrency, warmup))
-    latencies, counts, elapsed = runner(_load(port, requests, concurrency, seconds))
-    ms = sorted(x * 1000 for x in latencies) or [float("nan")]
-
-    def q(p: float) -> float:
-        return round(ms[min(len(ms) - 1, int(p * len(ms)))], 3)
-
-    return LoadResult(
-        server=server,
-        concurrency=concurrency,
-        seconds=round(elapsed, 2),
-        requests=len(latencies),
-        non_2xx=counts["non_2xx"],
-        errors=counts["errors"],
-        rps=round(len(latencies) / elapsed, 1),
-        p50_ms=q(0.50),
-        p90_ms=q(0.90),
-        p99_ms=q(0.99),
-        max_ms=round(ms[-1], 3),
-        reconnects=counts["reconnects"],
-    )
 
 
 # -- servers ----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ the next one, for ``--seconds`` per phase. Phase ``up``: the prediction service 
 phase ``down``: it is stopped, and sessions are answered by the size-chart rule (degraded).
 Reports sessions/s and latency percentiles per phase as JSON.
 
-    .venv/bin/python tests/benchmarks/bench_session.py --workdir /tmp/sess --seconds 5
+    .venv/bin/python -m tests.benchmarks.bench_session --workdir /tmp/sess --seconds 5
 
 (``make bench`` runs :func:`test_bench_session` on the test suite's trained work directory
 when pytest collects ``bench_*.py``.)
@@ -14,7 +14,6 @@ when pytest collects ``bench_*.py``.)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -24,59 +23,48 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
+import orjson
 import pytest
 
 from serving.session.testing import ServiceProcess, clone_workdir, free_port
 
+from .load import run_load
+
 KEY = "bench-key"
 
 
-async def closed_loop(
-    url: str, bodies: list[dict[str, Any]], clients: int, seconds: float
+def closed_loop(
+    url: str, bodies: list[dict[str, Any]], clients: int, seconds: float, warmup: float = 1.0
 ) -> dict[str, Any]:
-    """Run ``clients`` closed loops of ``POST /api/v1/tryon/sessions`` for ``seconds``."""
-    latencies: list[float] = []
-    degraded = errors = 0
-    stop_at = time.perf_counter() + seconds
+    """Run ``clients`` closed loops of ``POST /api/v1/tryon/sessions`` for ``seconds``.
 
-    async def client(i: int, http: httpx.AsyncClient) -> None:
-        nonlocal degraded, errors
-        n = i
-        while time.perf_counter() < stop_at:
-            body = bodies[n % len(bodies)]
-            n += clients
-            started = time.perf_counter()
-            try:
-                response = await http.post("/api/v1/tryon/sessions", json=body)
-            except httpx.HTTPError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-            if response.status_code != 201:
-                errors += 1
-            elif response.json()["degraded"]:
-                degraded += 1
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=url, headers={"X-API-Key": KEY}, timeout=30, limits=limits
-    ) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-        elapsed = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000 if latencies else np.asarray([np.nan])
+    After ``warmup`` seconds of the same load, not counted. Errors are failed connections
+    and answers other than 201 (every non-2xx is a 4xx or 5xx here).
+    """
+    port = int(url.rsplit(":", 1)[1].rstrip("/"))
+    run = run_load(
+        "session",
+        port,
+        "/api/v1/tryon/sessions",
+        [orjson.dumps(b) for b in bodies],
+        clients,
+        seconds,
+        warmup,
+        headers={"X-API-Key": KEY},
+        flag=b'"degraded":true',
+    )
     return {
         "clients": clients,
-        "seconds": round(elapsed, 2),
-        "sessions": len(latencies),
-        "sessions_per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1),
-        "p99_ms": round(float(np.percentile(ms, 99)), 1),
-        "max_ms": round(float(np.max(ms)), 1),
-        "errors": errors,
-        "degraded": degraded,
+        "seconds": run.seconds,
+        "sessions": run.requests,
+        "sessions_per_s": run.rps,
+        "p50_ms": run.p50_ms,
+        "p90_ms": run.p90_ms,
+        "p99_ms": run.p99_ms,
+        "max_ms": run.max_ms,
+        "errors": run.errors + run.non_2xx,
+        "degraded": run.flagged,
     }
 
 
@@ -123,10 +111,9 @@ def run_bench(
                 stack.callback(service.stop)
             prediction.wait_ready()
             sessions.wait_ready()
-            asyncio.run(closed_loop(sessions.url, bodies, clients, 1.0))  # warm up
-            up = asyncio.run(closed_loop(sessions.url, bodies, clients, seconds))
+            up = closed_loop(sessions.url, bodies, clients, seconds)
             prediction.stop()
-            down = asyncio.run(closed_loop(sessions.url, bodies, clients, seconds))
+            down = closed_loop(sessions.url, bodies, clients, seconds, warmup=0)
     return {"up": up, "down": down}
 
 
@@ -306,8 +293,7 @@ def run_hardening_cost(
                         "--port", str(port), "--prediction-url", prediction.url,
                     ]  # fmt: skip
                     with service:
-                        asyncio.run(closed_loop(service.url, bodies, clients, 1.0))  # warm up
-                        result = asyncio.run(closed_loop(service.url, bodies, clients, seconds))
+                        result = closed_loop(service.url, bodies, clients, seconds)
                     runs[variant].append(result)
     median = {
         v: {q: float(np.median([r[q] for r in rs])) for q in ("p50_ms", "p99_ms", "sessions_per_s")}

@@ -31,14 +31,8 @@ from typing import Any
 
 import pytest
 
-from .bench_serving import (
-    bodies_for,
-    free_port,
-    run_load,
-    start,
-    stop,
-    wait_ready,
-)
+from .bench_serving import bodies_for, free_port, start, stop, wait_ready
+from .load import run_load
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
