@@ -86,12 +86,21 @@ class ServiceProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 120.0,
+        code: Path | None = None,
     ) -> None:
+        """A server started with ``args``.
+
+        ``code`` is another fitml checkout to run it from (an A/B benchmark's baseline); by
+        default the server runs the code this process imports.
+        """
         self.args = [sys.executable, "-m", "ml_pipeline.cli", *args, "--port", str(port)]
+        self.code = code
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
+        if code is not None:
+            self.env["PYTHONPATH"] = str(code)
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -99,7 +108,12 @@ class ServiceProcess:
         """Start the process (and wait until it is ready)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.code,
+            start_new_session=True,
         )
         log.close()
         if wait:

@@ -7,8 +7,11 @@ Reports sessions/s and latency percentiles per phase as JSON.
 
     .venv/bin/python -m tests.benchmarks.bench_session --workdir /tmp/sess --seconds 5
 
-(``make bench`` runs :func:`test_bench_session` on the test suite's trained work directory
-when pytest collects ``bench_*.py``.)
+``--profile prod`` trains a prod world on a private stack of the machine's PostgreSQL and
+Redis (removed after) and measures both services in the prod profile.
+
+(``make bench`` runs :func:`test_bench_session` on the test suite's trained work directory,
+and :func:`test_bench_session_prod`, when pytest collects ``bench_*.py``.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,25 +73,59 @@ def closed_loop(
     }
 
 
+def _phases(
+    prediction: ServiceProcess,
+    sessions: ServiceProcess,
+    bodies: list[dict[str, Any]],
+    clients: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Start both services, measure with the prediction service up, stop it, measure again."""
+    with ExitStack() as stack:
+        for service in (prediction, sessions):
+            service.start(wait=False)
+            stack.callback(service.stop)
+        prediction.wait_ready()
+        sessions.wait_ready()
+        up = closed_loop(sessions.url, bodies, clients, seconds)
+        prediction.stop()
+        down = closed_loop(sessions.url, bodies, clients, seconds, warmup=0)
+    return {"up": up, "down": down}
+
+
+def _session_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **(env or {}),
+        "FITML_API_KEYS": KEY,
+        "FITML_RATE_LIMIT": "100000",
+        "FITML_RATE_BURST": "100000",
+    }
+
+
 def run_bench(
-    workdir: Path, seconds: float = 5.0, clients: int = 8, env: dict[str, str] | None = None
+    workdir: Path,
+    seconds: float = 5.0,
+    clients: int = 8,
+    env: dict[str, str] | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     """Clone ``workdir``, start both services, measure session start with prediction up/down.
 
     Args:
         env: extra environment of both services (e.g. the ``OTEL_*`` tracing variables).
+        code: another fitml checkout to run both services from (see :func:`run_ab`).
     """
     with tempfile.TemporaryDirectory(prefix="bench-session-") as tmp:
         root = Path(tmp)
         clone = clone_workdir(workdir, root / "var")
         lines = (clone.workdir / "examples" / "recommend.jsonl").read_text().splitlines()
-        bodies = [json.loads(line) for line in lines]
         prediction = ServiceProcess(
             ["serve", "--workdir", str(clone.workdir)],
             free_port(),
             root / "predict.log",
             # the prediction service's own cost: its cache would answer the repeated bodies
             env={"FITML_RECO_CACHE": "off", **(env or {})},
+            code=code,
         )
         sessions = ServiceProcess(
             [
@@ -98,23 +137,103 @@ def run_bench(
             ],
             free_port(),
             root / "session.log",
-            env={
-                **(env or {}),
-                "FITML_API_KEYS": KEY,
-                "FITML_RATE_LIMIT": "100000",
-                "FITML_RATE_BURST": "100000",
-            },
+            env=_session_env(env),
+            code=code,
         )
-        with ExitStack() as stack:
-            for service in (prediction, sessions):
-                service.start(wait=False)
-                stack.callback(service.stop)
-            prediction.wait_ready()
-            sessions.wait_ready()
-            up = closed_loop(sessions.url, bodies, clients, seconds)
-            prediction.stop()
-            down = closed_loop(sessions.url, bodies, clients, seconds, warmup=0)
-    return {"up": up, "down": down}
+        return {
+            "profile": "local",
+            **_phases(prediction, sessions, _bodies(lines), clients, seconds),
+        }
+
+
+def run_ab(
+    workdir: Path, baseline: Path, seconds: float = 5.0, clients: int = 8, rounds: int = 3
+) -> dict[str, Any]:
+    """Session start of this checkout against ``baseline`` (another fitml checkout, e.g. a
+    ``git worktree`` of an earlier commit), in alternating rounds on the same work directory
+    and with the same load generator, so the machine's load falls on both alike.
+
+    Reports each side's medians over the rounds (prediction service up) and this checkout's
+    ratios to the baseline.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    for _ in range(rounds):
+        for side, code in (("baseline", baseline.resolve()), ("this", None)):
+            runs[side].append(run_bench(workdir, seconds, clients, code=code)["up"])
+    keys = ("sessions_per_s", "p50_ms", "p99_ms")
+    medians = {
+        side: {k: statistics.median(r[k] for r in results) for k in keys}
+        | {"errors": sum(r["errors"] for r in results)}
+        | {"degraded": sum(r["degraded"] for r in results)}
+        for side, results in runs.items()
+    }
+    return {
+        "clients": clients,
+        "rounds": rounds,
+        "seconds": seconds,
+        "baseline_code": str(baseline.resolve()),
+        "median": medians,
+        "ratio": {k: round(medians["this"][k] / medians["baseline"][k], 3) for k in keys},
+        "runs": runs,
+    }
+
+
+def _bodies(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]
+
+
+PROD_WORLD = ("--trials", "6")
+"""``fitml pipeline run`` options of the prod benchmark's world: ``make demo``'s data and
+seed, and the local profile's 6 tuning trials (the prod profile's default is 20)."""
+
+
+def run_bench_prod(
+    seconds: float = 5.0,
+    clients: int = 8,
+    postgres_dsn: str = "postgresql://127.0.0.1:5432/test",
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    world: tuple[str, ...] = PROD_WORLD,
+) -> dict[str, Any]:
+    """Session start in the ``prod`` profile, on a private prod stack that is removed after.
+
+    ``fitml pipeline run --profile prod`` trains the world (MLflow and Optuna in PostgreSQL,
+    features in PostgreSQL and Redis); then both services run with ``--profile prod``: the
+    prediction service reads features from Redis and checks the service token, the session
+    service writes sessions to PostgreSQL and rate-limits in Redis.
+    """
+    from tests.prodstack import private_prod_stack
+
+    with tempfile.TemporaryDirectory(prefix="bench-session-prod-") as tmp:
+        root = Path(tmp)
+        workdir = root / "var"
+        with private_prod_stack(postgres_dsn, redis_url, workdir) as stack:
+            argv = [sys.executable, "-m", "ml_pipeline.cli", "pipeline", "run", "--profile"]
+            argv += ["prod", "--workdir", str(workdir), *world]
+            started = time.perf_counter()
+            run = subprocess.run(argv, env={**os.environ, **stack.env}, capture_output=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"prod pipeline failed: {run.stderr.decode()[-3000:]}")
+            trained_s = time.perf_counter() - started
+            lines = (workdir / "examples" / "recommend.jsonl").read_text().splitlines()
+            prediction = ServiceProcess(
+                ["serve", "--profile", "prod", "--workdir", str(workdir)],
+                free_port(),
+                root / "predict.log",
+                env={**stack.env, "FITML_RECO_CACHE": "off"},
+                ready_timeout_s=180,
+            )
+            sessions = ServiceProcess(
+                [
+                    "session-service", "--profile", "prod", "--workdir", str(workdir),
+                    "--prediction-url", prediction.url,
+                ],
+                free_port(),
+                root / "session.log",
+                env=_session_env(stack.env),
+                ready_timeout_s=180,
+            )  # fmt: skip
+            phases = _phases(prediction, sessions, _bodies(lines), clients, seconds)
+    return {"profile": "prod", "world": list(world), "pipeline_s": round(trained_s, 1), **phases}
 
 
 @pytest.mark.benchmark
@@ -125,6 +244,19 @@ def test_bench_session(trained_workdir: Path) -> None:
     out = os.environ.get("FITML_BENCH_DIR")
     if out:
         Path(out, "session.json").write_text(json.dumps(result, indent=2))
+    assert result["up"]["errors"] == 0 and result["down"]["errors"] == 0
+    assert result["up"]["degraded"] == 0
+    assert result["down"]["degraded"] == result["down"]["sessions"]
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_session_prod(postgres_dsn: str, redis_url: str) -> None:
+    result = run_bench_prod(5.0, 8, postgres_dsn, redis_url)
+    print("\n" + json.dumps(result, indent=2))
+    out = os.environ.get("FITML_BENCH_DIR")
+    if out:
+        Path(out, "session_prod.json").write_text(json.dumps(result, indent=2))
     assert result["up"]["errors"] == 0 and result["down"]["errors"] == 0
     assert result["up"]["degraded"] == 0
     assert result["down"]["degraded"] == result["down"]["sessions"]
@@ -324,10 +456,23 @@ def test_bench_hardening_cost(trained_workdir: Path) -> None:
 def main() -> None:
     """Command line: ``bench_session.py --workdir DIR [--seconds S] [--clients N]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="A trained work directory.")
+    parser.add_argument("--workdir", type=Path, help="A trained work directory (local profile).")
+    parser.add_argument(
+        "--profile",
+        choices=("local", "prod"),
+        default="local",
+        help="prod: train a prod world on a private stack (PostgreSQL, Redis) and measure it.",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="Per phase (keep it short).")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--json", type=Path, help="Also write the result here.")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="Another fitml checkout (e.g. a git worktree of an earlier commit): measure it "
+        "against this one in alternating rounds (local profile).",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of --baseline.")
     parser.add_argument(
         "--tracing-cost", action="store_true", help="Tracing off / on / off instead."
     )
@@ -339,6 +484,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prediction-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.workdir is None and args.profile == "local":
+        parser.error("--workdir is required with the local profile")
     if args.serve_variant:  # the session service of one variant (run_hardening_cost)
         serve_variant(args.workdir, args.port, args.prediction_url, args.serve_variant == "on")
         return
@@ -348,8 +495,15 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return
-    run = run_tracing_cost if args.tracing_cost else run_bench
-    result = run(args.workdir.resolve(), args.seconds, args.clients)
+    if args.profile == "prod":
+        result = run_bench_prod(args.seconds, args.clients)
+    elif args.baseline is not None:
+        result = run_ab(
+            args.workdir.resolve(), args.baseline, args.seconds, args.clients, args.rounds
+        )
+    else:
+        run = run_tracing_cost if args.tracing_cost else run_bench
+        result = run(args.workdir.resolve(), args.seconds, args.clients)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
