@@ -17,6 +17,7 @@ and :func:`test_bench_session_prod`, when pytest collects ``bench_*.py``.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 import pytest
 
 from serving.session.testing import ServiceProcess, clone_workdir, free_port
@@ -80,17 +82,53 @@ def _phases(
     clients: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """Start both services, measure with the prediction service up, stop it, measure again."""
+    """Start both services, measure with the prediction service up, stop it, measure again.
+
+    Each phase also reports the CPU each service's processes spent per session
+    (``cpu_ms_per_session``): what bounds throughput on a machine of few cores.
+    """
     with ExitStack() as stack:
         for service in (prediction, sessions):
             service.start(wait=False)
             stack.callback(service.stop)
         prediction.wait_ready()
         sessions.wait_ready()
-        up = closed_loop(sessions.url, bodies, clients, seconds)
+        closed_loop(sessions.url, bodies, clients, 1.0, warmup=0)  # warm-up, not counted
+        up = _with_cpu(sessions.url, bodies, clients, seconds, [sessions, prediction])
         prediction.stop()
-        down = closed_loop(sessions.url, bodies, clients, seconds, warmup=0)
+        down = _with_cpu(sessions.url, bodies, clients, seconds, [sessions])
     return {"up": up, "down": down}
+
+
+def _cpu_seconds(service: ServiceProcess) -> float:
+    """User + system CPU seconds of a service's process and its live descendants."""
+    if service.proc is None:
+        return 0.0
+    root = psutil.Process(service.proc.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _with_cpu(
+    url: str,
+    bodies: list[dict[str, Any]],
+    clients: int,
+    seconds: float,
+    services: list[ServiceProcess],
+) -> dict[str, Any]:
+    names = ("session_service", "prediction_service")
+    before = [_cpu_seconds(s) for s in services]
+    result = closed_loop(url, bodies, clients, seconds, warmup=0)
+    spent = [_cpu_seconds(s) - b for s, b in zip(services, before, strict=True)]
+    n = max(1, result["sessions"])
+    result["cpu_ms_per_session"] = {
+        name: round(1000 * cpu / n, 2) for name, cpu in zip(names, spent, strict=False)
+    }
+    return result
 
 
 def _session_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -165,6 +203,12 @@ def run_ab(
         side: {k: statistics.median(r[k] for r in results) for k in keys}
         | {"errors": sum(r["errors"] for r in results)}
         | {"degraded": sum(r["degraded"] for r in results)}
+        | {
+            f"cpu_ms_per_session_{name}": statistics.median(
+                r["cpu_ms_per_session"][name] for r in results
+            )
+            for name in ("session_service", "prediction_service")
+        }
         for side, results in runs.items()
     }
     return {
@@ -472,14 +516,18 @@ def main() -> None:
         help="Another fitml checkout (e.g. a git worktree of an earlier commit): measure it "
         "against this one in alternating rounds (local profile).",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds of --baseline.")
     parser.add_argument(
         "--tracing-cost", action="store_true", help="Tracing off / on / off instead."
     )
     parser.add_argument(
         "--hardening-cost", action="store_true", help="Request guard on / off instead."
     )
-    parser.add_argument("--rounds", type=int, default=3, help="On/off rounds (hardening cost).")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="Rounds of --baseline or of --hardening-cost (on/off).",
+    )
     parser.add_argument("--serve-variant", choices=("on", "off"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prediction-url", help=argparse.SUPPRESS)
