@@ -47,6 +47,9 @@ SLICE_COLUMNS: Final[dict[str, str]] = {
 (new / known) are derived from the history counts, see :func:`slice_keys`."""
 MAX_SLICE_VALUES: Final = 30
 """The slice table keeps the most frequent values of each slicing (brands can be many)."""
+RECOMMEND_CHUNK_ROWS: Final = 50_000
+"""Test rows recommended for at a time: each row expands to one candidate row per size of its
+chart, with every column, so the whole test window at once would multiply its memory."""
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,7 @@ def evaluate(
         raise ValueError("no test rows to evaluate; check the split's test window")
     y = np.asarray(pd.Series(test["outcome"]).map({o: i for i, o in enumerate(OUTCOMES)}))
     proba = fit_model.predict_proba(test)
-    recs = recommend_frame(test, fit_model, size_model)
+    recs = _recommend_in_chunks(test, fit_model, size_model)
     rows: dict[str, Any] = {
         "y": y,
         "tried": test["size_index"].to_numpy(dtype=float),
@@ -332,7 +335,7 @@ def evaluate(
     if train is not None:
         baseline = logistic_baseline(train, seed=seed)
         rows["logreg"] = baseline.predict_proba(test)
-        rows["logreg_rec"] = _rec_index(recommend_frame(test, baseline, _NoSizeEstimate()))
+        rows["logreg_rec"] = _rec_index(_recommend_in_chunks(test, baseline, _NoSizeEstimate()))
     if truth is not None:
         joined = test[["event_id"]].merge(truth, on="event_id", how="left")
         rows["best"] = joined["best_size_index"].to_numpy(dtype=float)
@@ -351,6 +354,23 @@ def evaluate(
             )
     slices = pd.DataFrame(table)
     return Evaluation(metrics=result, slices=slices)
+
+
+def _recommend_in_chunks(
+    test: pd.DataFrame, fit_model: FitPredictor, size_model: SizePredictor
+) -> list[Recommendation | None]:
+    """:func:`~serving.recommend.recommend_frame` on ``RECOMMEND_CHUNK_ROWS`` rows at a time.
+
+    Each row's recommendation depends on that row alone (its features and its product's size
+    chart, which every row of the product carries), so the result is the same as on the
+    whole frame; only the candidate rows of one chunk are in memory at once.
+    """
+    recs: list[Recommendation | None] = []
+    for start in range(0, len(test), RECOMMEND_CHUNK_ROWS):
+        recs += recommend_frame(
+            test.iloc[start : start + RECOMMEND_CHUNK_ROWS], fit_model, size_model
+        )
+    return recs
 
 
 def _rec_index(recs: Sequence[Recommendation | None]) -> np.ndarray:
