@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import metrics
-from features.definitions import CATEGORICAL_FEATURES, FIT_MODEL_FEATURES
+from features.definitions import CATEGORICAL_FEATURES, FEATURE_NAMES, FIT_MODEL_FEATURES
 from features.transforms import UNKNOWN, request_features
 from ml_pipeline.schema import OUTCOMES
 from serving.recommend import (
@@ -50,6 +50,25 @@ MAX_SLICE_VALUES: Final = 30
 RECOMMEND_CHUNK_ROWS: Final = 50_000
 """Test rows recommended for at a time: each row expands to one candidate row per size of its
 chart, with every column, so the whole test window at once would multiply its memory."""
+EVALUATION_INPUTS: Final[tuple[str, ...]] = tuple(
+    dict.fromkeys(
+        [
+            "event_id",
+            "product_id",
+            "outcome",
+            "size_index",
+            "chart_pick",
+            "usual_index",
+            *FEATURE_NAMES,
+            *SLICE_COLUMNS.values(),
+        ]
+    )
+)
+"""Training-set columns :func:`evaluate` reads from the test window besides the models'
+features: the label and the size tried, the keys of the ground truth (``event_id``) and of
+the charts (``product_id``), every feature-service value the recommendation's request-time
+features are computed from (the ``chart_*`` arrays among them) and the slicing columns.
+``training.train.evaluation_columns`` adds the models' features."""
 
 
 @dataclass(frozen=True)
@@ -446,23 +465,37 @@ def _feedback_agreement(recommended: np.ndarray, tried: np.ndarray, outcome: pd.
 
 def default_windows(settings: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The champion's training window (train + validation) and the window after it."""
-    frame, split = _champion_split(settings)
+    from training.train import load_training_set
+
+    split = _champion_split(settings)
+    frame = load_training_set(settings)
     ts = frame["event_timestamp"]
     return frame[ts < split.test_start], frame[ts >= split.test_start]
 
 
-def _champion_split(settings: Any, alias: str = "champion") -> tuple[pd.DataFrame, Split]:
+def _champion_split(settings: Any, alias: str = "champion") -> Split:
+    """The time windows the fit model registered under ``alias`` was trained on."""
     import mlflow
 
     from training import registry
-    from training.train import load_training_set
 
     registry.configure(settings)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(settings.mlflow.fit_model_name, alias)
     params = mlflow.get_run(str(version.run_id)).data.params
-    split = Split(pd.Timestamp(params["valid_start"]), pd.Timestamp(params["test_start"]))
-    return load_training_set(settings), split
+    return Split(pd.Timestamp(params["valid_start"]), pd.Timestamp(params["test_start"]))
+
+
+def _alias_windows(settings: Any, alias: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows (train + validation) and test rows of ``alias``'s training run.
+
+    Read with only the columns training and evaluation need
+    (:func:`training.train.read_windows`).
+    """
+    from training.train import read_windows
+
+    _, train, valid, test = read_windows(settings, _champion_split(settings, alias))
+    return pd.concat([train, valid]), test
 
 
 def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
@@ -470,8 +503,7 @@ def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
     from training import registry
     from training.train import load_truth
 
-    frame, split = _champion_split(settings, alias)
-    train, valid, test = split.windows(frame)
+    train, test = _alias_windows(settings, alias)
     fit, fit_version = registry.load_model(settings.mlflow.fit_model_name, alias)
     size, size_version = registry.load_model(settings.mlflow.size_model_name, alias)
     result = evaluate_frame(
@@ -479,7 +511,7 @@ def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
         fit,  # type: ignore[arg-type]
         size,  # type: ignore[arg-type]
         load_truth(settings),
-        pd.concat([train, valid]),
+        train,
     )
     result["model_versions"] = {"fit_model": fit_version, "size_model": size_version}
     return result
@@ -492,8 +524,7 @@ def evaluate_registered(
     from training import registry
     from training.train import load_truth
 
-    frame, split = _champion_split(settings, alias)
-    train, valid, test = split.windows(frame)
+    train, test = _alias_windows(settings, alias)
     fit, fit_version = registry.load_model(settings.mlflow.fit_model_name, alias)
     size, size_version = registry.load_model(settings.mlflow.size_model_name, alias)
     evaluation = evaluate(
@@ -501,7 +532,7 @@ def evaluate_registered(
         fit,  # type: ignore[arg-type]
         size,  # type: ignore[arg-type]
         load_truth(settings),
-        pd.concat([train, valid]),
+        train,
         seed=settings.seed,
     )
     return evaluation, {"fit_model": fit_version, "size_model": size_version}
