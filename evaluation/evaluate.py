@@ -37,6 +37,11 @@ from training.models import FitModel, NotFittedError
 ORACLE_COLUMNS = ["p_too_small", "p_fit", "p_too_large"]
 LOGREG_MAX_ROWS: Final = 20_000
 """The logistic baseline trains on a seeded sample of at most this many rows (fast enough)."""
+LOGREG_PREDICT_ROWS: Final = 20_000
+"""The logistic baseline predicts this many rows at a time. Its design matrix (standardised
+numbers, missing-value indicators, one-hot categories) is dense and over a hundred columns
+wide; with the transforms' intermediate copies, the ~130,000 candidate rows of a 15,000-event
+test window took ~350 MB at once."""
 SLICE_COLUMNS: Final[dict[str, str]] = {
     "category": "product_category",
     "size_system": "product_size_system",
@@ -207,10 +212,26 @@ class LogisticFitBaseline:
         """Return ``(n, 3)`` outcome probabilities (``OUTCOMES`` order; rows sum to 1)."""
         if not hasattr(self, "pipeline_"):
             raise NotFittedError("LogisticFitBaseline is not fitted; call fit() first")
-        raw = self.pipeline_.predict_proba(self._frame(frame))
+        n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
+        raw = np.concatenate(
+            [
+                self.pipeline_.predict_proba(self._frame(_rows(frame, start, LOGREG_PREDICT_ROWS)))
+                for start in range(0, n, LOGREG_PREDICT_ROWS)
+            ]
+            or [np.empty((0, len(self.classes_)))]
+        )
         proba = np.zeros((raw.shape[0], len(OUTCOMES)))
         proba[:, self.classes_] = raw  # a class absent from training gets probability 0
         return proba
+
+
+def _rows(
+    frame: pd.DataFrame | Mapping[str, Any], start: int, n: int
+) -> pd.DataFrame | dict[str, Any]:
+    """Rows ``start`` to ``start + n`` of a frame or of a dict of equal-length arrays."""
+    if isinstance(frame, pd.DataFrame):
+        return frame.iloc[start : start + n]
+    return {k: np.asarray(v)[start : start + n] for k, v in frame.items()}
 
 
 def logistic_baseline(

@@ -265,3 +265,17 @@ def test_evaluation_recommends_in_chunks_with_the_same_result(
     assert calls == [60, 60, 60, 60, 10] * 2
     assert chunked.metrics == pytest.approx(whole.metrics, rel=0, abs=0, nan_ok=True)
     pd.testing.assert_frame_equal(chunked.slices, whole.slices)
+
+
+def test_logistic_baseline_predicts_in_chunks_with_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    train, test = tiny_frame(rng, 400), tiny_frame(rng, 130)
+    model = logistic_baseline(train)
+    whole = model.predict_proba(test)
+    monkeypatch.setattr(evaluate_module, "LOGREG_PREDICT_ROWS", 40)
+    np.testing.assert_array_equal(model.predict_proba(test), whole)
+    as_dict = {c: test[c].to_numpy() for c in test.columns}
+    np.testing.assert_array_equal(model.predict_proba(as_dict), whole)
+    assert model.predict_proba(test.iloc[0:0]).shape == (0, 3)
