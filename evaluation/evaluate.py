@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import metrics
-from features.definitions import CATEGORICAL_FEATURES, FIT_MODEL_FEATURES
+from features.definitions import CATEGORICAL_FEATURES, FEATURE_NAMES, FIT_MODEL_FEATURES
 from features.transforms import UNKNOWN, request_features
 from ml_pipeline.schema import OUTCOMES
 from serving.recommend import (
@@ -37,6 +37,11 @@ from training.models import FitModel, NotFittedError
 ORACLE_COLUMNS = ["p_too_small", "p_fit", "p_too_large"]
 LOGREG_MAX_ROWS: Final = 20_000
 """The logistic baseline trains on a seeded sample of at most this many rows (fast enough)."""
+LOGREG_PREDICT_ROWS: Final = 20_000
+"""The logistic baseline predicts this many rows at a time. Its design matrix (standardised
+numbers, missing-value indicators, one-hot categories) is dense and over a hundred columns
+wide; with the transforms' intermediate copies, the ~130,000 candidate rows of a 15,000-event
+test window took ~350 MB at once."""
 SLICE_COLUMNS: Final[dict[str, str]] = {
     "category": "product_category",
     "size_system": "product_size_system",
@@ -47,6 +52,28 @@ SLICE_COLUMNS: Final[dict[str, str]] = {
 (new / known) are derived from the history counts, see :func:`slice_keys`."""
 MAX_SLICE_VALUES: Final = 30
 """The slice table keeps the most frequent values of each slicing (brands can be many)."""
+RECOMMEND_CHUNK_ROWS: Final = 50_000
+"""Test rows recommended for at a time: each row expands to one candidate row per size of its
+chart, with every column, so the whole test window at once would multiply its memory."""
+EVALUATION_INPUTS: Final[tuple[str, ...]] = tuple(
+    dict.fromkeys(
+        [
+            "event_id",
+            "product_id",
+            "outcome",
+            "size_index",
+            "chart_pick",
+            "usual_index",
+            *FEATURE_NAMES,
+            *SLICE_COLUMNS.values(),
+        ]
+    )
+)
+"""Training-set columns :func:`evaluate` reads from the test window besides the models'
+features: the label and the size tried, the keys of the ground truth (``event_id``) and of
+the charts (``product_id``), every feature-service value the recommendation's request-time
+features are computed from (the ``chart_*`` arrays among them) and the slicing columns.
+``training.train.evaluation_columns`` adds the models' features."""
 
 
 @dataclass(frozen=True)
@@ -185,10 +212,26 @@ class LogisticFitBaseline:
         """Return ``(n, 3)`` outcome probabilities (``OUTCOMES`` order; rows sum to 1)."""
         if not hasattr(self, "pipeline_"):
             raise NotFittedError("LogisticFitBaseline is not fitted; call fit() first")
-        raw = self.pipeline_.predict_proba(self._frame(frame))
+        n = len(frame) if isinstance(frame, pd.DataFrame) else len(next(iter(frame.values())))
+        raw = np.concatenate(
+            [
+                self.pipeline_.predict_proba(self._frame(_rows(frame, start, LOGREG_PREDICT_ROWS)))
+                for start in range(0, n, LOGREG_PREDICT_ROWS)
+            ]
+            or [np.empty((0, len(self.classes_)))]
+        )
         proba = np.zeros((raw.shape[0], len(OUTCOMES)))
         proba[:, self.classes_] = raw  # a class absent from training gets probability 0
         return proba
+
+
+def _rows(
+    frame: pd.DataFrame | Mapping[str, Any], start: int, n: int
+) -> pd.DataFrame | dict[str, Any]:
+    """Rows ``start`` to ``start + n`` of a frame or of a dict of equal-length arrays."""
+    if isinstance(frame, pd.DataFrame):
+        return frame.iloc[start : start + n]
+    return {k: np.asarray(v)[start : start + n] for k, v in frame.items()}
 
 
 def logistic_baseline(
@@ -319,7 +362,7 @@ def evaluate(
         raise ValueError("no test rows to evaluate; check the split's test window")
     y = np.asarray(pd.Series(test["outcome"]).map({o: i for i, o in enumerate(OUTCOMES)}))
     proba = fit_model.predict_proba(test)
-    recs = recommend_frame(test, fit_model, size_model)
+    recs = _recommend_in_chunks(test, fit_model, size_model)
     rows: dict[str, Any] = {
         "y": y,
         "tried": test["size_index"].to_numpy(dtype=float),
@@ -332,7 +375,7 @@ def evaluate(
     if train is not None:
         baseline = logistic_baseline(train, seed=seed)
         rows["logreg"] = baseline.predict_proba(test)
-        rows["logreg_rec"] = _rec_index(recommend_frame(test, baseline, _NoSizeEstimate()))
+        rows["logreg_rec"] = _rec_index(_recommend_in_chunks(test, baseline, _NoSizeEstimate()))
     if truth is not None:
         joined = test[["event_id"]].merge(truth, on="event_id", how="left")
         rows["best"] = joined["best_size_index"].to_numpy(dtype=float)
@@ -351,6 +394,23 @@ def evaluate(
             )
     slices = pd.DataFrame(table)
     return Evaluation(metrics=result, slices=slices)
+
+
+def _recommend_in_chunks(
+    test: pd.DataFrame, fit_model: FitPredictor, size_model: SizePredictor
+) -> list[Recommendation | None]:
+    """:func:`~serving.recommend.recommend_frame` on ``RECOMMEND_CHUNK_ROWS`` rows at a time.
+
+    Each row's recommendation depends on that row alone (its features and its product's size
+    chart, which every row of the product carries), so the result is the same as on the
+    whole frame; only the candidate rows of one chunk are in memory at once.
+    """
+    recs: list[Recommendation | None] = []
+    for start in range(0, len(test), RECOMMEND_CHUNK_ROWS):
+        recs += recommend_frame(
+            test.iloc[start : start + RECOMMEND_CHUNK_ROWS], fit_model, size_model
+        )
+    return recs
 
 
 def _rec_index(recs: Sequence[Recommendation | None]) -> np.ndarray:
@@ -426,23 +486,37 @@ def _feedback_agreement(recommended: np.ndarray, tried: np.ndarray, outcome: pd.
 
 def default_windows(settings: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The champion's training window (train + validation) and the window after it."""
-    frame, split = _champion_split(settings)
+    from training.train import load_training_set
+
+    split = _champion_split(settings)
+    frame = load_training_set(settings)
     ts = frame["event_timestamp"]
     return frame[ts < split.test_start], frame[ts >= split.test_start]
 
 
-def _champion_split(settings: Any, alias: str = "champion") -> tuple[pd.DataFrame, Split]:
+def _champion_split(settings: Any, alias: str = "champion") -> Split:
+    """The time windows the fit model registered under ``alias`` was trained on."""
     import mlflow
 
     from training import registry
-    from training.train import load_training_set
 
     registry.configure(settings)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(settings.mlflow.fit_model_name, alias)
     params = mlflow.get_run(str(version.run_id)).data.params
-    split = Split(pd.Timestamp(params["valid_start"]), pd.Timestamp(params["test_start"]))
-    return load_training_set(settings), split
+    return Split(pd.Timestamp(params["valid_start"]), pd.Timestamp(params["test_start"]))
+
+
+def _alias_windows(settings: Any, alias: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows (train + validation) and test rows of ``alias``'s training run.
+
+    Read with only the columns training and evaluation need
+    (:func:`training.train.read_windows`).
+    """
+    from training.train import read_windows
+
+    _, train, valid, test = read_windows(settings, _champion_split(settings, alias))
+    return pd.concat([train, valid]), test
 
 
 def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
@@ -450,8 +524,7 @@ def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
     from training import registry
     from training.train import load_truth
 
-    frame, split = _champion_split(settings, alias)
-    train, valid, test = split.windows(frame)
+    train, test = _alias_windows(settings, alias)
     fit, fit_version = registry.load_model(settings.mlflow.fit_model_name, alias)
     size, size_version = registry.load_model(settings.mlflow.size_model_name, alias)
     result = evaluate_frame(
@@ -459,7 +532,7 @@ def evaluate_alias(settings: Any, alias: str = "champion") -> dict[str, Any]:
         fit,  # type: ignore[arg-type]
         size,  # type: ignore[arg-type]
         load_truth(settings),
-        pd.concat([train, valid]),
+        train,
     )
     result["model_versions"] = {"fit_model": fit_version, "size_model": size_version}
     return result
@@ -472,8 +545,7 @@ def evaluate_registered(
     from training import registry
     from training.train import load_truth
 
-    frame, split = _champion_split(settings, alias)
-    train, valid, test = split.windows(frame)
+    train, test = _alias_windows(settings, alias)
     fit, fit_version = registry.load_model(settings.mlflow.fit_model_name, alias)
     size, size_version = registry.load_model(settings.mlflow.size_model_name, alias)
     evaluation = evaluate(
@@ -481,7 +553,7 @@ def evaluate_registered(
         fit,  # type: ignore[arg-type]
         size,  # type: ignore[arg-type]
         load_truth(settings),
-        pd.concat([train, valid]),
+        train,
         seed=settings.seed,
     )
     return evaluation, {"fit_model": fit_version, "size_model": size_version}

@@ -173,7 +173,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
     from ml_pipeline.synth import generate
     from training import registry
     from training.promote import promote
-    from training.train import load_training_set, train
+    from training.train import train, training_set_path
 
     summary = PipelineSummary(workdir=settings.workdir)
     settings.workdir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +209,8 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
         store.apply(settings)
         with library_output("Feast materialize"):
             store.materialize(settings)
-    with stage("training_set"):
-        frame = load_training_set(settings, rebuild=True)
+    with stage("training_set"):  # written to its file; training reads what it needs of it
+        training_set_path(settings, rebuild=True)
     if config.if_drift:
         with stage("drift_check"):
             retrain, verdict_dict = retrain_decision(settings)
@@ -238,7 +238,7 @@ def run_pipeline(settings: Settings, config: PipelineConfig = PipelineConfig()) 
             )
             return summary
     with stage("train"):
-        result = train(settings, frame, n_trials=config.n_trials, timeout_s=config.timeout_s)
+        result = train(settings, n_trials=config.n_trials, timeout_s=config.timeout_s)
         summary.metrics = result.metrics
     with stage("promote"):
         decision = promote(settings)

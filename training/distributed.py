@@ -50,7 +50,7 @@ from optuna.trial import TrialState
 
 from features.definitions import CATEGORICAL_FEATURES
 from ml_pipeline.errors import InvalidValueError
-from training.models import FitModel, SizeModel, TabularEncoder
+from training.models import FitModel, SizeModel, TabularEncoder, model_columns
 from training.tuning import (
     CLASS_WEIGHT_PARAM,
     VALID_NAME,
@@ -262,15 +262,6 @@ def model_class(model: str) -> type[FitModel] | type[SizeModel]:
         return _MODELS[model]
     except KeyError:
         raise InvalidValueError("model", model, "is not a fitml model", "use fit or size") from None
-
-
-def model_columns(features: Sequence[str]) -> list[str]:
-    """The training-set columns a model is tuned and fitted from.
-
-    Its ``features``, the label, and what the size target and the time windows are computed
-    from; tuning workers and Dask workers read only these.
-    """
-    return list(dict.fromkeys([*features, "outcome", "size_index", "event_timestamp"]))
 
 
 def _window_frames(spec: StudySpec, data_path: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -35,6 +35,15 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
+def model_columns(features: Sequence[str]) -> list[str]:
+    """The training-set columns a model is tuned and fitted from.
+
+    Its ``features``, the label, and what the size target and the time windows are computed
+    from; tuning workers and Dask workers read only these.
+    """
+    return list(dict.fromkeys([*features, "outcome", "size_index", "event_timestamp"]))
+
+
 class NotFittedError(RuntimeError):
     """A model was used before ``fit`` (or ``load``)."""
 

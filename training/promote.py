@@ -19,7 +19,7 @@ from evaluation.experiment import ExperimentReport, online_gate
 from ml_pipeline.settings import Settings
 from training import registry
 from training.models import FitModel
-from training.train import load_training_set
+from training.train import TIME_COLUMN, load_training_set, training_columns
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,9 @@ def promote(
         if run is None:
             raise LookupError(f"challenger {chal} has no training run to take its test window from")
         test_start = pd.Timestamp(mlflow.get_run(run).data.params["test_start"])
-        frame = load_training_set(settings)
-        test = frame[frame["event_timestamp"] >= test_start]
+        test = load_training_set(  # the test window, with what the fit model reads
+            settings, columns=training_columns(), filters=[(TIME_COLUMN, ">=", test_start)]
+        )
         new_model, _ = registry.load_model(names["fit_model"], registry.CHALLENGER)
         old_model, _ = registry.load_model(names["fit_model"], registry.CHAMPION)
         assert isinstance(new_model, FitModel) and isinstance(old_model, FitModel)

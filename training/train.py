@@ -20,25 +20,28 @@ Artifacts of the parent run, the things people look at when comparing runs:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from evaluation.evaluate import Evaluation, Split, evaluate, time_split
+from evaluation.evaluate import EVALUATION_INPUTS, Evaluation, Split, evaluate, time_split
 from features.definitions import CATEGORICAL_FEATURES, FEATURE_SERVICE
 from ml_pipeline.schema import OUTCOMES
 from ml_pipeline.settings import Settings
 from training import registry
-from training.models import FitModel, SizeModel, TabularEncoder
+from training.models import FitModel, SizeModel, TabularEncoder, model_columns
 from training.tuning import TuningResult, tune_lightgbm
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 TRAINING_SET_FILE = "training_set.parquet"
+TIME_COLUMN = "event_timestamp"
 _Model = TypeVar("_Model", FitModel, SizeModel)
 CALIBRATION_BINS = 10
 TOP_FEATURES = 25
@@ -57,19 +60,154 @@ class TrainResult:
     seconds: float
 
 
-def load_training_set(settings: Settings, rebuild: bool = False) -> pd.DataFrame:
-    """The work directory's training set, built through the feature store when missing.
+def training_set_path(settings: Settings, rebuild: bool = False) -> Path:
+    """The work directory's training-set file, built through the feature store when missing.
 
     It is built in event-time chunks straight into its file
     (:func:`features.store.write_training_set`), so the build never holds more than one
-    chunk's rows besides the set that is read back.
+    chunk's rows.
     """
     path = settings.workdir / TRAINING_SET_FILE
     if rebuild or not path.is_file():
         from features.store import write_training_set
 
         write_training_set(settings, path)
-    return pd.read_parquet(path)
+    return path
+
+
+def load_training_set(
+    settings: Settings,
+    rebuild: bool = False,
+    *,
+    columns: Sequence[str] | None = None,
+    filters: Sequence[tuple[str, str, Any]] | None = None,
+) -> pd.DataFrame:
+    """The work directory's training set (see :func:`training_set_path`), or part of it.
+
+    Args:
+        settings: the run's settings (the work directory).
+        rebuild: build the file anew even when it exists.
+        columns: read only these columns (default: all).
+        filters: read only the rows that pass these pyarrow filters, e.g.
+            ``[("event_timestamp", "<", test_start)]``; row groups outside them are skipped.
+
+    Raises:
+        InvalidValueError: the file lacks one of ``columns`` (it was built by an older
+            version of the features); the message names the columns.
+    """
+    import pyarrow.parquet as pq
+
+    path = training_set_path(settings, rebuild)
+    if columns is not None:
+        _require_columns(path, columns)
+    table = pq.read_table(
+        path,
+        columns=None if columns is None else list(columns),
+        filters=None if filters is None else list(filters),
+        use_pandas_metadata=True,
+    )
+    return table.to_pandas()
+
+
+def _require_columns(path: Path, columns: Sequence[str]) -> None:
+    """Raise :class:`~ml_pipeline.errors.InvalidValueError` naming what ``path`` lacks."""
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(path).names)
+    missing = [c for c in columns if c not in present]
+    if missing:
+        from ml_pipeline.errors import InvalidValueError
+
+        raise InvalidValueError(
+            "training set",
+            str(path),
+            f"lacks the column(s) {', '.join(missing)}",
+            "rebuild it with the current features (fitml pipeline run, or delete the file "
+            "and train again)",
+        )
+
+
+def training_columns() -> list[str]:
+    """The training-set columns tuning and fitting read: both models' inputs, label, time."""
+    return list(
+        dict.fromkeys([*model_columns(FitModel.features), *model_columns(SizeModel.features)])
+    )
+
+
+def evaluation_columns() -> list[str]:
+    """The test window's columns: :func:`training_columns` plus what evaluation reads.
+
+    :data:`evaluation.evaluate.EVALUATION_INPUTS` names the latter (the recommendation's
+    inputs, the ground-truth key, the slicing columns).
+    """
+    return list(dict.fromkeys([*training_columns(), *EVALUATION_INPUTS]))
+
+
+def read_windows(
+    settings: Settings, split: Split | None = None
+) -> tuple[Split, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The training set's train, validation and test windows, each read with only its columns.
+
+    Three reads of the parquet file instead of one of everything: its ``event_timestamp``
+    alone, for the split (:func:`~evaluation.evaluate.time_split`, unless ``split`` is
+    given); the rows before ``split.test_start`` with :func:`training_columns`; the rows
+    from it on with :func:`evaluation_columns`. Row groups outside a window are skipped.
+    The windows equal ``split.windows`` of the whole file restricted to those columns, row
+    order and index included.
+
+    Returns:
+        The split and the train, validation and test rows.
+
+    Raises:
+        InvalidValueError: the file lacks a column training or evaluation needs.
+    """
+    _require_columns(training_set_path(settings), evaluation_columns())  # all missing at once
+    times = load_training_set(settings, columns=[TIME_COLUMN])[TIME_COLUMN]
+    split = time_split(times.to_frame()) if split is None else split
+    before = times < split.test_start
+    fit_rows = _with_index(
+        load_training_set(
+            settings,
+            columns=training_columns(),
+            filters=[(TIME_COLUMN, "<", split.test_start)],
+        ),
+        times.index[before.to_numpy()],
+    )
+    test_rows = _with_index(
+        load_training_set(
+            settings,
+            columns=evaluation_columns(),
+            filters=[(TIME_COLUMN, ">=", split.test_start)],
+        ),
+        times.index[~before.to_numpy()],
+    )
+    release_arrow_memory()
+    train_rows, valid_rows, _ = split.windows(fit_rows)
+    return split, train_rows, valid_rows, test_rows
+
+
+def _with_index(frame: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    """``frame`` (rows read with a filter) on the whole file's index of the same rows."""
+    if len(frame) != len(index):  # the filter and pandas' comparison disagree: never expected
+        raise RuntimeError(
+            f"filtered read returned {len(frame)} rows where the timestamps select {len(index)}"
+        )
+    frame.index = index
+    return frame
+
+
+def release_arrow_memory() -> None:
+    """Return the memory Arrow's pool holds but no longer uses to the operating system.
+
+    jemalloc and mimalloc keep freed pages for reuse; after the large reads of training
+    nothing reuses them, and the process's resident size would keep them.
+    """
+    import pyarrow
+
+    pool = pyarrow.default_memory_pool()
+    release = getattr(pool, "release_unused", None)  # pyarrow >= 9
+    if release is not None:
+        release()
 
 
 def load_truth(settings: Settings) -> pd.DataFrame | None:
@@ -151,7 +289,8 @@ def train(
 
     Args:
         settings: the run's settings (MLflow, Optuna storage, seed).
-        frame: training rows (default: the work directory's training set).
+        frame: training rows (default: the work directory's training set, each window
+            read with only the columns it needs, see :func:`read_windows`).
         n_trials: Optuna trials per model (default: the profile's).
         timeout_s: tuning time budget per model in seconds (default: the profile's).
         windows: train, validation and test rows of another protocol (a public benchmark's
@@ -169,9 +308,15 @@ def train(
         raise InvalidValueError("engine", engine, "is not known", "use local or dask")
     started = time.perf_counter()
     from_workdir = frame is None
-    frame = load_training_set(settings) if frame is None else frame
-    split = time_split(frame)
-    train_rows, valid_rows, test_rows = split.windows(frame) if windows is None else windows
+    if frame is not None:
+        split = time_split(frame)
+        train_rows, valid_rows, test_rows = split.windows(frame) if windows is None else windows
+    elif windows is None:
+        split, train_rows, valid_rows, test_rows = read_windows(settings)
+    else:
+        times = load_training_set(settings, columns=[TIME_COLUMN])
+        split = time_split(times)
+        train_rows, valid_rows, test_rows = windows
     n_trials = n_trials or settings.optuna.n_trials
     timeout_s = timeout_s if timeout_s is not None else settings.optuna.timeout_s
     registry.configure(settings)

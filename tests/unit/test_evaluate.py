@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation import evaluate as evaluate_module
 from evaluation.evaluate import (
     LogisticFitBaseline,
     evaluate,
@@ -242,3 +243,39 @@ def test_evaluate_without_truth_or_training_rows() -> None:
     assert "usual_feedback_agreement" in m and "fit_mean_auc" in m
     with pytest.raises(ValueError, match="no test rows"):
         evaluate(test.iloc[0:0], UsualFit(), NoSize())
+
+
+def test_evaluation_recommends_in_chunks_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(3)
+    train, test = tiny_frame(rng, 400), tiny_frame(rng, 250)
+    whole = evaluate(test, UsualFit(), NoSize(), truth_of(test), train)
+    calls: list[int] = []
+    recommend = evaluate_module.recommend_frame
+
+    def counted(rows: pd.DataFrame, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(rows))
+        return recommend(rows, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "RECOMMEND_CHUNK_ROWS", 60)
+    monkeypatch.setattr(evaluate_module, "recommend_frame", counted)
+    chunked = evaluate(test, UsualFit(), NoSize(), truth_of(test), train)
+    # the model's and the logistic baseline's recommendations, five chunks each
+    assert calls == [60, 60, 60, 60, 10] * 2
+    assert chunked.metrics == pytest.approx(whole.metrics, rel=0, abs=0, nan_ok=True)
+    pd.testing.assert_frame_equal(chunked.slices, whole.slices)
+
+
+def test_logistic_baseline_predicts_in_chunks_with_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    train, test = tiny_frame(rng, 400), tiny_frame(rng, 130)
+    model = logistic_baseline(train)
+    whole = model.predict_proba(test)
+    monkeypatch.setattr(evaluate_module, "LOGREG_PREDICT_ROWS", 40)
+    np.testing.assert_array_equal(model.predict_proba(test), whole)
+    as_dict = {c: test[c].to_numpy() for c in test.columns}
+    np.testing.assert_array_equal(model.predict_proba(as_dict), whole)
+    assert model.predict_proba(test.iloc[0:0]).shape == (0, 3)
