@@ -3,7 +3,8 @@
 - :func:`clone_workdir`: a private copy of a trained work directory (its feature views
   re-registered on the copy's sources), so a test may write feedback into it.
 - :class:`ServiceProcess`: a ``fitml`` server as a subprocess that can be stopped and
-  started again (fault injection), ready when its ``/readyz`` answers 200.
+  started again (fault injection), ready when its ``/readyz`` answers 200;
+  :func:`start_together` starts several at once.
 - :class:`TcpProxy`: a loopback TCP forwarder that can cut every connection (PostgreSQL or
   Redis "down") and restore them.
 - :func:`prod_env`: the environment the ``prod`` profile reads, for given servers.
@@ -49,6 +50,15 @@ def prod_env(postgres_dsn: str, redis_url: str) -> dict[str, str]:
         "FITML_FEAST_OFFLINE_URL": postgres_dsn,
         "FITML_REDIS": f"{redis.hostname}:{redis.port or 6379},db={db}",
     }
+
+
+def start_together(stack: contextlib.ExitStack, *services: ServiceProcess) -> None:
+    """Start ``services`` at once, stop each when ``stack`` closes, wait until all are ready."""
+    for service in services:
+        service.start(wait=False)
+        stack.callback(service.stop)
+    for service in services:
+        service.wait_ready()
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ import orjson
 import psutil
 import pytest
 
-from serving.session.testing import ServiceProcess, clone_workdir, free_port
+from serving.session.testing import ServiceProcess, clone_workdir, free_port, start_together
 
 from .load import run_load
 
@@ -88,11 +88,7 @@ def _phases(
     (``cpu_ms_per_session``): what bounds throughput on a machine of few cores.
     """
     with ExitStack() as stack:
-        for service in (prediction, sessions):
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        sessions.wait_ready()
+        start_together(stack, prediction, sessions)
         closed_loop(sessions.url, bodies, clients, 1.0, warmup=0)  # warm-up, not counted
         up = _with_cpu(sessions.url, bodies, clients, seconds, [sessions, prediction])
         prediction.stop()

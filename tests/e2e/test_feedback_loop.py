@@ -26,7 +26,7 @@ from ml_pipeline.settings import Settings
 from serving.pseudonym import load_pseudonymizer
 from serving.session.export import export_feedback
 from serving.session.store import SqliteEventStore
-from serving.session.testing import ServiceProcess, clone_workdir, free_port
+from serving.session.testing import ServiceProcess, clone_workdir, free_port, start_together
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -69,11 +69,7 @@ def loop(
         env={"FITML_API_KEYS": KEY},
     )
     with ExitStack() as stack:
-        for service in (prediction, sessions):  # start both at once, then wait for both
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        sessions.wait_ready()
+        start_together(stack, prediction, sessions)
         http = stack.enter_context(
             httpx.Client(base_url=sessions.url, headers={"X-API-Key": KEY}, timeout=20)
         )

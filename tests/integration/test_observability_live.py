@@ -37,7 +37,13 @@ import yaml
 from conftest import require
 
 from ml_pipeline.settings import Settings
-from serving.session.testing import OtlpReceiver, ServiceProcess, clone_workdir, free_port
+from serving.session.testing import (
+    OtlpReceiver,
+    ServiceProcess,
+    clone_workdir,
+    free_port,
+    start_together,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -176,11 +182,7 @@ def stack(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             start_new_session=True,
         )
         stack.callback(stop, gateway)
-        for service in (prediction, session):
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        session.wait_ready()
+        start_together(stack, prediction, session)
 
         # The drift job's last verdict (written by the pipeline that trained the work dir).
         from evaluation.drift import DriftVerdict

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from serving.probe import Probe
-from serving.session.testing import ServiceProcess, clone_workdir, free_port
+from serving.session.testing import ServiceProcess, clone_workdir, free_port, start_together
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,11 +47,7 @@ def running(
         },
     )
     with ExitStack() as stack:
-        for service in (prediction, sessions):
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        sessions.wait_ready()
+        start_together(stack, prediction, sessions)
         yield {"prediction": prediction, "sessions": sessions, "workdir": clone.workdir}
 
 

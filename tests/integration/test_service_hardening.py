@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.session.testing import ServiceProcess, clone_workdir, free_port
+from serving.session.testing import ServiceProcess, clone_workdir, free_port, start_together
 
 Served = Any  # the `served` fixture of conftest.py
 
@@ -201,11 +201,7 @@ def tokened(
         env={**env, "FITML_API_KEYS": "hardening-key"},
     )
     with ExitStack() as stack:
-        for service in (prediction, sessions):
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        sessions.wait_ready()
+        start_together(stack, prediction, sessions)
         yield prediction, sessions
 
 

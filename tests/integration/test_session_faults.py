@@ -23,7 +23,13 @@ import pytest
 
 from ml_pipeline.settings import Settings
 from serving.session.store import PostgresEventStore, SqliteEventStore
-from serving.session.testing import ServiceProcess, TcpProxy, clone_workdir, free_port
+from serving.session.testing import (
+    ServiceProcess,
+    TcpProxy,
+    clone_workdir,
+    free_port,
+    start_together,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,11 +97,7 @@ def test_prediction_service_stopped_mid_run(clone: Settings, tmp_path: Path) -> 
         env={"FITML_API_KEYS": KEY, "FITML_RATE_LIMIT": "1000", "FITML_RATE_BURST": "1000"},
     )
     with ExitStack() as stack:
-        for service in (prediction, sessions):  # start both at once, then wait for both
-            service.start(wait=False)
-            stack.callback(service.stop)
-        prediction.wait_ready()
-        sessions.wait_ready()
+        start_together(stack, prediction, sessions)
         driver = Driver(sessions.url, examples(clone))
         for _ in range(10):
             driver.step()
