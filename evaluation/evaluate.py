@@ -484,16 +484,6 @@ def _feedback_agreement(recommended: np.ndarray, tried: np.ndarray, outcome: pd.
     return float(agree[known].mean()) if known.any() else float("nan")
 
 
-def default_windows(settings: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The champion's training window (train + validation) and the window after it."""
-    from training.train import load_training_set
-
-    split = _champion_split(settings)
-    frame = load_training_set(settings)
-    ts = frame["event_timestamp"]
-    return frame[ts < split.test_start], frame[ts >= split.test_start]
-
-
 def _champion_split(settings: Any, alias: str = "champion") -> Split:
     """The time windows the fit model registered under ``alias`` was trained on."""
     import mlflow

@@ -276,30 +276,28 @@ def run_bench_prod(
     return {"profile": "prod", "world": list(world), "pipeline_s": round(trained_s, 1), **phases}
 
 
-@pytest.mark.benchmark
-@pytest.mark.slow
-def test_bench_session(trained_workdir: Path) -> None:
-    result = run_bench(trained_workdir, seconds=5.0, clients=8)
+def _check_and_keep(result: dict[str, Any], name: str) -> None:
+    """Print ``result``, keep it as ``name`` under ``FITML_BENCH_DIR``, and check its phases:
+    no error, no degraded answer while the prediction service is up, all degraded after."""
     print("\n" + json.dumps(result, indent=2))
     out = os.environ.get("FITML_BENCH_DIR")
     if out:
-        Path(out, "session.json").write_text(json.dumps(result, indent=2))
+        Path(out, name).write_text(json.dumps(result, indent=2))
     assert result["up"]["errors"] == 0 and result["down"]["errors"] == 0
     assert result["up"]["degraded"] == 0
     assert result["down"]["degraded"] == result["down"]["sessions"]
+
+
+@pytest.mark.benchmark
+@pytest.mark.slow
+def test_bench_session(trained_workdir: Path) -> None:
+    _check_and_keep(run_bench(trained_workdir, seconds=5.0, clients=8), "session.json")
 
 
 @pytest.mark.benchmark
 @pytest.mark.slow
 def test_bench_session_prod(postgres_dsn: str, redis_url: str) -> None:
-    result = run_bench_prod(5.0, 8, postgres_dsn, redis_url)
-    print("\n" + json.dumps(result, indent=2))
-    out = os.environ.get("FITML_BENCH_DIR")
-    if out:
-        Path(out, "session_prod.json").write_text(json.dumps(result, indent=2))
-    assert result["up"]["errors"] == 0 and result["down"]["errors"] == 0
-    assert result["up"]["degraded"] == 0
-    assert result["down"]["degraded"] == result["down"]["sessions"]
+    _check_and_keep(run_bench_prod(5.0, 8, postgres_dsn, redis_url), "session_prod.json")
 
 
 def off_hook_cost_ns(n: int = 200_000) -> dict[str, float]:
